@@ -1,0 +1,36 @@
+# The two commands of the README: `make run` and `make test`. Everything else is a helper of theirs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test install unit integration bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run: install, migrate, seed the demo shop when empty, train, and serve both APIs, a worker and beat.
+run: install
+	$(BIN)/segrec run
+
+## test: the whole suite on SQLite, and on PostgreSQL when it is reachable, with a real Redis.
+test: install
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+
+unit: install
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: install
+	$(BIN)/python -m pytest -q tests/integration
+
+## bench: the benchmarks under tests/perf (long; not part of `make test`).
+bench: install
+	for script in tests/perf/bench_*.py; do $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

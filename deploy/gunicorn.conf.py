@@ -1,0 +1,24 @@
+"""gunicorn settings for both APIs: `gunicorn -c deploy/gunicorn.conf.py 'services.recommend.app:create_app()'`.
+
+Every value can be overridden from the environment so one file serves development and production.
+"""
+
+import multiprocessing
+import os
+
+bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8002")
+# Recommendation serving is short CPU work plus a Redis round trip: a few processes with a few
+# threads each keep both cores busy while one thread waits on Redis or the database.
+workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
+threads = int(os.environ.get("GUNICORN_THREADS", 4))
+worker_class = "gthread" if threads > 1 else "sync"
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", 60))
+graceful_timeout = 20
+keepalive = 5
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 0))
+max_requests_jitter = 100
+accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
+# Each worker builds its own app (and its own database pool) after the fork.
+preload_app = False

@@ -1,0 +1,340 @@
+"""Serve recommendations from precomputed lists: merge, filter, trim. Light work per request.
+
+Every answer carries `model_version`, a `recommendation_id` for attribution, and `fallback`: null when
+the first-choice list answered, otherwise the name of what answered instead (an unknown item gets the
+popular list, a new customer the trending list, a Redis outage the database copy). Nothing here
+raises for an unknown sku or customer: a degraded answer beats an error on a storefront.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+
+import numpy as np
+from sqlalchemy import select
+
+from services.recommend.addons import best_threshold_gap, suggest_add_ons
+from services.recommend.crosssell import merge_neighbor_lists, select_cart_items
+from services.recommend.store import Catalogue, ListReader
+from shared.extensions import db
+from shared.models import Promotion
+
+# At most this many distinct cart lines are looked at: a 500-item cart costs the same as a 100-item one.
+MAX_CART_LINES = 100
+ADD_ON_CANDIDATES = 300
+PROMOTION_CACHE_SECONDS = 30.0
+
+
+class Request:
+    """What every recommendation request may narrow: how many, which category, which skus to skip."""
+
+    def __init__(self, limit: int = 10, category: str | None = None, exclude: list[str] | None = None) -> None:
+        self.limit = limit
+        self.category = category
+        self.exclude = exclude or []
+
+
+def _answer(items: list[dict], version: str | None, fallback: str | None, **extra) -> dict:
+    return {
+        "items": items,
+        "model_version": version,
+        "recommendation_id": uuid.uuid4().hex,
+        "fallback": fallback,
+        **extra,
+    }
+
+
+def _combine_fallbacks(*names: str | None) -> str | None:
+    used = [name for name in names if name]
+    return "+".join(dict.fromkeys(used)) if used else None
+
+
+def _allowed_mask(catalogue: Catalogue, request: Request, skip_items) -> np.ndarray:
+    """Items that may be shown: sellable, in the asked category, not excluded, not in skip_items."""
+    allowed = catalogue.sellable.copy()
+    if request.category:
+        allowed &= np.asarray(catalogue.categories, dtype=object) == request.category
+    for sku in request.exclude:
+        position = catalogue.index.get(sku)
+        if position is not None:
+            allowed[position] = False
+    skip = np.asarray(list(skip_items), dtype=np.int64)
+    if skip.size:
+        allowed[skip] = False
+    return allowed
+
+
+def _item(catalogue: Catalogue, position: int, score: float, reason: str) -> dict:
+    return {
+        "sku": catalogue.skus[position],
+        "name": catalogue.names[position],
+        "category": catalogue.categories[position] or None,
+        "price": float(catalogue.prices[position]),
+        "score": round(float(score), 6),
+        "reason": reason,
+    }
+
+
+def _popular_items(catalogue: Catalogue, allowed: np.ndarray, limit: int, ranked=None, reason="popular") -> list[dict]:
+    ranked = catalogue.popular_items if ranked is None else np.asarray(ranked, dtype=np.int64)
+    picks = [int(item) for item in ranked if allowed[item]][:limit]
+    total_orders = max(int(catalogue.orders.max(initial=0)), 1)
+    items = []
+    for rank, item in enumerate(picks):
+        text = {
+            "popular": f"one of our best sellers: in {int(catalogue.orders[item])} orders",
+            "trending": "trending: bought more this fortnight than before",
+            "tier": f"popular with members of your tier ({int(catalogue.orders[item])} orders in all)",
+        }[reason]
+        items.append(_item(catalogue, item, catalogue.orders[item] / total_orders if reason == "popular"
+                           else 1.0 / (rank + 1), text))
+    return items
+
+
+class Recommender:
+    """The storefront's recommendation calls over one ListReader."""
+
+    def __init__(self, reader: ListReader) -> None:
+        self.reader = reader
+        self._promotions: list[dict] = []
+        self._promotions_loaded = 0.0
+        self._promotions_lock = threading.Lock()
+
+    def _model(self) -> tuple[Catalogue | None, str | None]:
+        version, fallback = self.reader.version()
+        if version is None:
+            return None, "no_model"
+        catalogue = self.reader.catalogue(version)
+        if catalogue is None:
+            return None, "no_model"
+        return catalogue, fallback
+
+    def bought_together(self, sku: str, request: Request) -> dict:
+        """Items bought with `sku`, best first."""
+        catalogue, fallback = self._model()
+        if catalogue is None:
+            return _answer([], None, fallback)
+        anchor = catalogue.index.get(sku)
+        if anchor is None:
+            allowed = _allowed_mask(catalogue, request, [])
+            return _answer(_popular_items(catalogue, allowed, request.limit), catalogue.version,
+                           _combine_fallbacks(fallback, "popular:unknown_item"))
+        payloads, list_fallback = self.reader.get_lists(catalogue.version, "nb", [sku])
+        allowed = _allowed_mask(catalogue, request, [anchor])
+        items = []
+        anchor_name = catalogue.names[anchor]
+        for item, score, together in json.loads(payloads[0]) if payloads[0] else []:
+            if allowed[item]:
+                items.append(_item(catalogue, item, score, f"bought together with {anchor_name} in {together} orders"))
+                if len(items) >= request.limit:
+                    break
+        used = _combine_fallbacks(fallback, list_fallback)
+        if not items:
+            same_category = Request(request.limit, request.category or catalogue.categories[anchor] or None,
+                                    request.exclude)
+            allowed = _allowed_mask(catalogue, same_category, [anchor])
+            items = _popular_items(catalogue, allowed, request.limit)
+            used = _combine_fallbacks(used, "popular:no_co_purchases")
+        return _answer(items, catalogue.version, used)
+
+    def bundles(self, sku: str, limit: int) -> dict:
+        """2-3 item bundles with `sku`, priced within the margin floor."""
+        catalogue, fallback = self._model()
+        if catalogue is None:
+            return _answer([], None, fallback, bundles=[])
+        if sku not in catalogue.index:
+            return _answer([], catalogue.version, _combine_fallbacks(fallback, "none:unknown_item"), bundles=[])
+        payloads, list_fallback = self.reader.get_lists(catalogue.version, "bundles", [sku])
+        bundles = []
+        for bundle in json.loads(payloads[0]) if payloads[0] else []:
+            if not all(catalogue.sellable[item] for item in bundle["items"]):
+                continue
+            bundles.append({
+                "items": [_item(catalogue, item, 1.0, "in this bundle") for item in bundle["items"]],
+                "list_price": bundle["list_price"],
+                "bundle_price": bundle["bundle_price"],
+                "saving": round(bundle["list_price"] - bundle["bundle_price"], 2),
+                "discount": bundle["discount"],
+                "margin": bundle["margin"],
+                "reason": bundle["reason"],
+            })
+            if len(bundles) >= limit:
+                break
+        used = _combine_fallbacks(fallback, list_fallback, None if bundles else "none:no_bundle")
+        return _answer([], catalogue.version, used, bundles=bundles)
+
+    def _customer(self, catalogue: Catalogue, customer_id: str | None) -> tuple[dict | None, str | None]:
+        if not customer_id:
+            return None, None
+        payloads, fallback = self.reader.get_lists(catalogue.version, "cust", [customer_id])
+        return (json.loads(payloads[0]) if payloads[0] else None), fallback
+
+    def cart(self, customer_id: str | None, lines: list[dict], request: Request) -> dict:
+        """Cross-sell for a cart, and add-ons that close the gap to the best unreached promotion."""
+        catalogue, fallback = self._model()
+        if catalogue is None:
+            return _answer([], None, fallback, cross_sell=[], add_ons=None)
+        quantities: dict[int, int] = {}
+        unknown = 0
+        for line in lines[:MAX_CART_LINES]:
+            position = catalogue.index.get(line["sku"])
+            if position is None:
+                unknown += 1
+                continue
+            quantities[position] = quantities.get(position, 0) + int(line["quantity"])
+        cart_items = np.asarray(sorted(quantities), dtype=np.int64)
+        customer, customer_fallback = self._customer(catalogue, customer_id)
+        skip = set(quantities)
+        if customer:
+            skip.update(customer["bought"])
+        allowed = _allowed_mask(catalogue, request, skip)
+
+        anchors = select_cart_items(cart_items, catalogue.informativeness, catalogue.max_cart_items)
+        anchor_skus = [catalogue.skus[item] for item in anchors]
+        payloads, list_fallback = self.reader.get_lists(catalogue.version, "nb", anchor_skus)
+        lists = [(catalogue.popular_items, catalogue.popular_scores, catalogue.popularity_weight)]
+        best_anchor: dict[int, tuple[float, int, int]] = {}
+        for anchor, payload in zip(anchors, payloads):
+            if not payload:
+                continue
+            rows = json.loads(payload)
+            items = np.asarray([row[0] for row in rows], dtype=np.int64)
+            scores = np.asarray([row[1] for row in rows], dtype=float)
+            lists.append((items, scores, 1.0))
+            for item, score, together in rows:
+                if score > best_anchor.get(item, (0.0, 0, 0))[0]:
+                    best_anchor[item] = (score, int(anchor), together)
+        blocked = np.flatnonzero(~allowed)
+        merged_items, merged_scores = merge_neighbor_lists(lists, ADD_ON_CANDIDATES, exclude=blocked)
+
+        cross_sell = []
+        for item, score in zip(merged_items[: request.limit], merged_scores[: request.limit]):
+            cross_sell.append(_item(catalogue, int(item), score, self._cart_reason(catalogue, int(item), best_anchor)))
+        add_ons = self._add_ons(catalogue, quantities, merged_items, merged_scores, allowed)
+        used = _combine_fallbacks(fallback, customer_fallback, list_fallback,
+                                  "popular:empty_cart" if not len(cart_items) else None,
+                                  "popular:unknown_items" if unknown and not len(cart_items) else None)
+        return _answer(cross_sell, catalogue.version, used, cross_sell=cross_sell, add_ons=add_ons,
+                       unknown_skus=unknown)
+
+    @staticmethod
+    def _cart_reason(catalogue: Catalogue, item: int, best_anchor: dict) -> str:
+        if item in best_anchor:
+            _score, anchor, together = best_anchor[item]
+            return f"goes with {catalogue.names[anchor]} in your cart: bought together in {together} orders"
+        return f"one of our best sellers: in {int(catalogue.orders[item])} orders"
+
+    def _add_ons(self, catalogue: Catalogue, quantities: dict[int, int], merged_items, merged_scores,
+                 allowed: np.ndarray) -> dict | None:
+        """湊單: the best unreached threshold promotion, its gap, and the items or pairs that close it."""
+        if not quantities:
+            return None
+        cart_total = float(sum(catalogue.prices[item] * quantity for item, quantity in quantities.items()))
+        category_totals: dict[str, float] = {}
+        for item, quantity in quantities.items():
+            category = catalogue.categories[item]
+            category_totals[category] = category_totals.get(category, 0.0) + catalogue.prices[item] * quantity
+        target = best_threshold_gap(cart_total, self.active_promotions(), category_totals)
+        if target is None:
+            return None
+        candidates = np.asarray(merged_items, dtype=np.int64)
+        affinity = np.asarray(merged_scores, dtype=float)
+        if target["category"]:
+            in_scope = np.asarray([catalogue.categories[item] == target["category"] for item in candidates], bool)
+            candidates, affinity = candidates[in_scope], affinity[in_scope]
+        margin = np.where(catalogue.prices > 0, 1.0 - catalogue.costs / np.where(catalogue.prices > 0,
+                                                                                 catalogue.prices, 1.0), np.nan)
+        suggestions = suggest_add_ons(
+            target["gap"], candidates, catalogue.prices, affinity, margin, n=5, saving=target["saving"],
+            item_names=catalogue.names,
+        ) or []
+        return {
+            "promotion_id": target["promotion_id"],
+            "threshold": target["threshold"],
+            "discount": target["discount"],
+            "category": target["category"],
+            "cart_total": round(cart_total, 2),
+            "gap": target["gap"],
+            "saving": target["saving"],
+            "suggestions": [
+                {
+                    "items": [_item(catalogue, item, suggestion["rank_score"], "closes the gap")
+                              for item in suggestion["items"]],
+                    "total_price": suggestion["total_price"],
+                    "overshoot": suggestion["overshoot"],
+                    "saving": suggestion["saving"],
+                    "reason": suggestion["reason"],
+                }
+                for suggestion in suggestions
+                if all(allowed[item] for item in suggestion["items"])
+            ],
+        }
+
+    def active_promotions(self) -> list[dict]:
+        """Spend-threshold promotions running now, cached for a few seconds (kept when the database is down)."""
+        now = time.monotonic()
+        if now - self._promotions_loaded < PROMOTION_CACHE_SECONDS:
+            return self._promotions
+        with self._promotions_lock:
+            if now - self._promotions_loaded < PROMOTION_CACHE_SECONDS:
+                return self._promotions
+            moment = datetime.now(timezone.utc).replace(tzinfo=None)
+            try:
+                with db.session() as session:
+                    rows = session.execute(select(Promotion).where(
+                        Promotion.kind == "spend_threshold", Promotion.starts_at <= moment,
+                        Promotion.ends_at > moment)).scalars().all()
+                self._promotions = [
+                    {"promotion_id": row.promotion_id, "threshold": row.threshold, "discount": row.discount,
+                     "category": row.category}
+                    for row in rows
+                ]
+            except Exception:  # keep serving the last promotions we knew
+                pass
+            self._promotions_loaded = now
+            return self._promotions
+
+    def for_you(self, customer_id: str, request: Request) -> dict:
+        """Personal list; else popular in the customer's tier; else trending for new customers."""
+        catalogue, fallback = self._model()
+        if catalogue is None:
+            return _answer([], None, fallback)
+        customer, customer_fallback = self._customer(catalogue, customer_id)
+        skip = customer["bought"] if customer else []
+        allowed = _allowed_mask(catalogue, request, skip)
+        used = _combine_fallbacks(fallback, customer_fallback)
+        items = []
+        if customer:
+            for item, score in customer["for_you"]:
+                if allowed[item]:
+                    items.append(_item(catalogue, item, score, "picked for you from what you and similar "
+                                                               "shoppers buy"))
+                    if len(items) >= request.limit:
+                        break
+        if items:
+            return _answer(items, catalogue.version, used)
+        if customer and customer.get("tier") in catalogue.tier_popular:
+            items = _popular_items(catalogue, allowed, request.limit, catalogue.tier_popular[customer["tier"]], "tier")
+            if items:
+                return _answer(items, catalogue.version, _combine_fallbacks(used, f"popular_in_tier:{customer['tier']}"))
+        if customer:
+            return _answer(_popular_items(catalogue, allowed, request.limit), catalogue.version,
+                           _combine_fallbacks(used, "popular"))
+        items = _popular_items(catalogue, allowed, request.limit, catalogue.trending, "trending")
+        return _answer(items, catalogue.version, _combine_fallbacks(used, "trending:new_customer"))
+
+    def popular(self, request: Request, tier: str | None = None) -> dict:
+        """Popular items, optionally within a category or a membership tier."""
+        catalogue, fallback = self._model()
+        if catalogue is None:
+            return _answer([], None, fallback)
+        allowed = _allowed_mask(catalogue, request, [])
+        if tier and tier in catalogue.tier_popular:
+            return _answer(_popular_items(catalogue, allowed, request.limit, catalogue.tier_popular[tier], "tier"),
+                           catalogue.version, fallback)
+        used = _combine_fallbacks(fallback, "popular:unknown_tier" if tier else None)
+        return _answer(_popular_items(catalogue, allowed, request.limit), catalogue.version, used)

@@ -1,0 +1,206 @@
+"""Where published recommendation lists live, and how a web worker reads them cheaply.
+
+Redis holds every list under `<prefix>:recs:<version>:<kind>:<key>`, and `<prefix>:recs:current`
+names the served version; flipping that one key publishes a whole model at once. The shared lists
+(catalogue, neighbours, bundles) are also copied to the database, which serves when Redis cannot.
+A worker keeps the current version's catalogue in memory and re-reads the pointer at most once a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import redis
+from sqlalchemy import select
+
+from shared.extensions import db, redis_store
+from shared.models import RecommendationList
+
+log = logging.getLogger("segrec.recommend.store")
+
+VERSION_POINTER = ("recs", "current")
+DATABASE_POINTER = "recs_model"
+# Lists outlive two missed nights comfortably; a version nobody publishes expires by itself.
+MODEL_TTL_SECONDS = 14 * 86_400
+POINTER_RECHECK_SECONDS = 1.0
+REDIS_RETRY_AFTER_SECONDS = 5.0
+
+
+def list_key(version: str, kind: str, key: str | None = None) -> str:
+    """Redis key of one list of a model version."""
+    parts = ["recs", version, kind] if key is None else ["recs", version, kind, key]
+    return redis_store.key(*parts)
+
+
+def set_database_version(version: str) -> None:
+    """Record the served version in the database too (read when Redis is down)."""
+    from shared.runs import set_pointer
+
+    with db.session() as session:
+        set_pointer(session, DATABASE_POINTER, version)
+
+
+def current_model_version() -> str | None:
+    """The published model version readers use, or None before the first publish."""
+    value = redis_store.client.get(redis_store.key(*VERSION_POINTER))
+    return value.decode() if value is not None else None
+
+
+@dataclass
+class Catalogue:
+    """One model version's catalogue and shared lists, as arrays indexed by item."""
+
+    version: str
+    skus: list[str]
+    names: list[str]
+    categories: list[str]
+    prices: np.ndarray
+    costs: np.ndarray
+    active: np.ndarray
+    in_stock: np.ndarray
+    repeat_purchase: np.ndarray
+    abc: list[str]
+    orders: np.ndarray
+    informativeness: np.ndarray
+    popularity_weight: float
+    max_cart_items: int
+    popular_items: np.ndarray
+    popular_scores: np.ndarray
+    trending: np.ndarray
+    tier_popular: dict
+    index: dict[str, int] = field(default_factory=dict)
+    sellable: np.ndarray | None = None
+
+    @classmethod
+    def from_payload(cls, version: str, payload: bytes | str) -> Catalogue:
+        """Parse the JSON training wrote."""
+        data = json.loads(payload)
+        popular = data["popular"]
+        catalogue = cls(
+            version=version,
+            skus=data["skus"],
+            names=data["names"],
+            categories=data["categories"],
+            prices=np.asarray(data["prices"], dtype=float),
+            costs=np.asarray([np.nan if cost is None else cost for cost in data["costs"]], dtype=float),
+            active=np.asarray(data["active"], dtype=bool),
+            in_stock=np.asarray(data["in_stock"], dtype=bool),
+            repeat_purchase=np.asarray(data["repeat_purchase"], dtype=bool),
+            abc=data["abc"],
+            orders=np.asarray(data["orders"], dtype=np.int64),
+            informativeness=np.asarray(data["informativeness"], dtype=float),
+            popularity_weight=float(data["popularity_weight"]),
+            max_cart_items=int(data["max_cart_items"]),
+            popular_items=np.asarray([item for item, _ in popular], dtype=np.int64),
+            popular_scores=np.asarray([score for _, score in popular], dtype=float),
+            trending=np.asarray(data["trending"], dtype=np.int64),
+            tier_popular=data["tier_popular"],
+        )
+        catalogue.index = {sku: position for position, sku in enumerate(catalogue.skus)}
+        catalogue.sellable = catalogue.active & catalogue.in_stock
+        return catalogue
+
+
+class ListReader:
+    """Reads a version's lists from Redis, or from the database when Redis is unreachable."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._version: str | None = None
+        self._version_checked = 0.0
+        self._catalogues: dict[str, Catalogue] = {}
+        self._redis_down_until = 0.0
+
+    # ---- Redis health: after a failure, skip Redis for a few seconds instead of timing out per request.
+
+    def redis_available(self) -> bool:
+        return time.monotonic() >= self._redis_down_until
+
+    def _redis_failed(self, error: Exception) -> None:
+        log.warning("redis unavailable, serving from the database: %s", error)
+        self._redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_SECONDS
+
+    # ---- version and catalogue
+
+    def version(self) -> tuple[str | None, str | None]:
+        """(current version, fallback used to learn it or None)."""
+        now = time.monotonic()
+        if self._version is not None and now - self._version_checked < POINTER_RECHECK_SECONDS:
+            return self._version, None
+        if self.redis_available():
+            try:
+                self._version = current_model_version()
+                self._version_checked = now
+                return self._version, None
+            except redis.RedisError as error:
+                self._redis_failed(error)
+        version = self._database_version()
+        if version is not None:
+            self._version = version
+            self._version_checked = now
+        return self._version, "database"
+
+    def _database_version(self) -> str | None:
+        from shared.runs import get_pointer
+
+        try:
+            return get_pointer(DATABASE_POINTER)
+        except Exception as error:  # the database may be down too: keep the last version we knew
+            log.warning("database pointer unreadable: %s", error)
+            return self._version
+
+    def catalogue(self, version: str) -> Catalogue | None:
+        """The in-memory catalogue of a version, loaded once per version per process."""
+        cached = self._catalogues.get(version)
+        if cached is not None:
+            return cached
+        with self._lock:
+            cached = self._catalogues.get(version)
+            if cached is not None:
+                return cached
+            payload = self.get_lists(version, "catalogue", ["-"])[0][0]
+            if payload is None:
+                return None
+            catalogue = Catalogue.from_payload(version, payload)
+            # Keep the current and the previous version (rollback and the minute around a flip).
+            if len(self._catalogues) >= 2:
+                self._catalogues.pop(next(iter(self._catalogues)))
+            self._catalogues[version] = catalogue
+            return catalogue
+
+    # ---- lists
+
+    def get_lists(self, version: str, kind: str, keys: list[str]) -> tuple[list, str | None]:
+        """Payloads (bytes or None) of several lists of one kind, and the fallback used if any."""
+        if not keys:
+            return [], None
+        if self.redis_available():
+            redis_keys = [list_key(version, kind) if key == "-" else list_key(version, kind, key) for key in keys]
+            try:
+                return redis_store.client.mget(redis_keys), None
+            except redis.RedisError as error:
+                self._redis_failed(error)
+        if kind == "cust":
+            return [None] * len(keys), "database"
+        return self._database_lists(version, kind, keys), "database"
+
+    def _database_lists(self, version: str, kind: str, keys: list[str]) -> list:
+        with db.session() as session:
+            rows = dict(
+                session.execute(
+                    select(RecommendationList.list_key, RecommendationList.payload).where(
+                        RecommendationList.model_version == version,
+                        RecommendationList.kind == kind,
+                        RecommendationList.list_key.in_(keys),
+                    )
+                ).all()
+            )
+        return [rows.get(key) for key in keys]
+
+
+reader = ListReader()

@@ -1,0 +1,366 @@
+"""Nightly training of the recommendation models and staging of their lists under a model version.
+
+Train offline, serve precomputed: this module turns paid order lines into per-item neighbour lists,
+bundles, popularity lists and per-customer for-you lists, evaluates cart cross-sell on a time-ordered
+holdout next to popularity, and writes everything under versioned Redis keys (plus a database copy
+of the shared lists for Redis outages). `publish_version` flips the one pointer readers follow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from sqlalchemy import delete
+
+from services.recommend.abc import abc_classes
+from services.recommend.bundles import build_bundles
+from services.recommend.cooccurrence import CoPurchaseModel
+from services.recommend.crosssell import recommend_for_cart
+from services.recommend.evaluation import evaluate_against_popularity, split_and_cases
+from services.recommend.foryou import ForYouModel
+from services.recommend.popularity import popularity_by_group, trending_scores
+from services.recommend.store import MODEL_TTL_SECONDS, VERSION_POINTER, list_key, set_database_version
+from shared.extensions import db, redis_store
+from shared.frames import read_frame, write_frame
+from shared.models import RecommendationList
+from shared.runs import current_run_id
+
+log = logging.getLogger("segrec.recommend.training")
+
+NEIGHBOURS_STORED = 50
+POPULAR_STORED = 200
+FOR_YOU_STORED = 20
+MAX_EVALUATION_CASES = 5000
+EPOCH = np.datetime64("1970-01-01")
+
+ORDER_LINES_SQL = """
+SELECT o.order_id, o.customer_id, o.placed_at, l.sku, l.quantity * l.unit_price AS revenue
+FROM order_lines l JOIN orders o ON o.order_id = l.order_id
+WHERE o.status = 'paid' AND o.placed_at <= :as_of
+"""
+CATALOGUE_SQL = """
+SELECT sku, name, category, price, cost, stock, active, repeat_purchase, placeholder FROM products ORDER BY sku
+"""
+TIERS_SQL = "SELECT customer_id, tier FROM customer_scores WHERE run_id = :run_id"
+
+
+def _truthy(series: pd.Series) -> np.ndarray:
+    """Booleans from SQLite integers or PostgreSQL COPY text alike."""
+    return series.astype(str).str.lower().isin(["true", "t", "1"]).to_numpy()
+
+
+def load_catalogue(engine) -> pd.DataFrame:
+    """Every product, indexed 0..n-1 in sku order (the item index the models use)."""
+    catalogue = read_frame(engine, CATALOGUE_SQL, dtypes={"sku": str, "name": str, "category": str})
+    catalogue["active"] = _truthy(catalogue["active"])
+    catalogue["repeat_purchase"] = _truthy(catalogue["repeat_purchase"])
+    catalogue["placeholder"] = _truthy(catalogue["placeholder"])
+    catalogue["category"] = catalogue["category"].fillna("")
+    catalogue["price"] = catalogue["price"].astype(float)
+    catalogue["cost"] = pd.to_numeric(catalogue["cost"], errors="coerce")
+    catalogue["stock"] = pd.to_numeric(catalogue["stock"], errors="coerce")
+    return catalogue.reset_index(drop=True)
+
+
+def load_order_lines(engine, as_of: datetime) -> pd.DataFrame:
+    """Paid order lines up to as_of."""
+    return read_frame(engine, ORDER_LINES_SQL, {"as_of": as_of}, date_columns=("placed_at",),
+                      dtypes={"order_id": str, "customer_id": str, "sku": str})
+
+
+class TrainingData:
+    """Order lines turned into the matrices the models take."""
+
+    def __init__(self, lines: pd.DataFrame, catalogue: pd.DataFrame) -> None:
+        item_index = pd.Index(catalogue["sku"])
+        items = item_index.get_indexer(lines["sku"])
+        known = items >= 0
+        lines = lines[known]
+        items = items[known]
+        order_codes, self.order_ids = pd.factorize(lines["order_id"], sort=False)
+        customer_codes, self.customer_ids = pd.factorize(lines["customer_id"], sort=True)
+        self.n_items = len(catalogue)
+        presence = np.ones(len(lines), dtype=np.float32)
+        self.baskets = sp.csr_matrix((presence, (order_codes, items)), shape=(len(self.order_ids), self.n_items))
+        self.baskets.sum_duplicates()
+        self.baskets.data[:] = 1.0
+        placed_days = (lines["placed_at"].to_numpy(dtype="datetime64[s]") - EPOCH) / np.timedelta64(1, "D")
+        self.basket_times = np.zeros(len(self.order_ids))
+        self.basket_times[order_codes] = placed_days
+        self.basket_customers = np.zeros(len(self.order_ids), dtype=np.int64)
+        self.basket_customers[order_codes] = customer_codes
+        self.customer_items = sp.csr_matrix(
+            (presence, (customer_codes, items)), shape=(len(self.customer_ids), self.n_items)
+        )
+        self.customer_items.sum_duplicates()
+        self.revenue = np.bincount(items, weights=lines["revenue"].to_numpy(dtype=float), minlength=self.n_items)
+        self.order_lines = len(lines)
+
+
+def evaluate_cart_model(data: TrainingData, model_params: dict) -> dict:
+    """Time-ordered holdout, leave one out in held-out orders: HR@10, NDCG@10, coverage vs popularity."""
+    if data.baskets.shape[0] < 50:
+        return {"skipped": "fewer than 50 orders"}
+    train, train_times, cases = split_and_cases(data.baskets, data.basket_times)
+    if len(cases) < 10 or train.nnz == 0:
+        return {"skipped": "fewer than 10 held-out orders with two or more items"}
+    if len(cases) > MAX_EVALUATION_CASES:
+        # A fixed, seeded sample keeps the nightly evaluation bounded and comparable night to night.
+        picks = np.random.default_rng(42).choice(len(cases), MAX_EVALUATION_CASES, replace=False)
+        cases = [cases[index] for index in sorted(picks)]
+    model = CoPurchaseModel(**model_params).fit(train, train_times)
+    result = evaluate_against_popularity(lambda cart, k: recommend_for_cart(model, cart, k)[0], train, cases)
+    return {
+        "cases": len(cases),
+        "hr_at_10": round(result["model"]["hit_rate"], 4),
+        "ndcg_at_10": round(result["model"]["ndcg"], 4),
+        "coverage_at_10": round(result["model"].get("coverage", 0.0), 4),
+        "popularity_hr_at_10": round(result["popularity"]["hit_rate"], 4),
+        "popularity_ndcg_at_10": round(result["popularity"]["ndcg"], 4),
+        "hr_lift_over_popularity": round(result["hit_rate_lift"], 4),
+    }
+
+
+def _neighbour_payloads(model: CoPurchaseModel, skus: np.ndarray) -> dict[str, str]:
+    """sku -> JSON [[item, score, orders together], ...] of its stored top-N neighbours."""
+    payloads = {}
+    scores = model.scores_
+    counts = model.pair_counts_
+    for item in np.flatnonzero(np.diff(scores.indptr)):
+        start, stop = scores.indptr[item], scores.indptr[item + 1]
+        neighbours = scores.indices[start:stop]
+        values = scores.data[start:stop]
+        together = counts.data[start:stop]
+        order = np.lexsort((neighbours, -values))[:NEIGHBOURS_STORED]
+        payloads[skus[item]] = json.dumps(
+            [[int(neighbours[i]), round(float(values[i]), 6), int(together[i])] for i in order],
+            separators=(",", ":"),
+        )
+    return payloads
+
+
+def _catalogue_payload(catalogue: pd.DataFrame, model: CoPurchaseModel, abc: np.ndarray,
+                       trending: np.ndarray, tier_popular: dict, item_counts: np.ndarray) -> str:
+    """Everything a web worker keeps in memory for one model version."""
+    in_stock = catalogue["stock"].isna() | (catalogue["stock"] > 0)
+    popular_items = model.popular_items_[:POPULAR_STORED]
+    return json.dumps(
+        {
+            "skus": catalogue["sku"].tolist(),
+            "names": catalogue["name"].tolist(),
+            "categories": catalogue["category"].tolist(),
+            "prices": catalogue["price"].round(2).tolist(),
+            "costs": [None if pd.isna(cost) else round(float(cost), 2) for cost in catalogue["cost"]],
+            "active": (catalogue["active"] & ~catalogue["placeholder"]).tolist(),
+            "in_stock": in_stock.tolist(),
+            "repeat_purchase": catalogue["repeat_purchase"].tolist(),
+            "abc": abc.tolist(),
+            "orders": item_counts.astype(int).tolist(),
+            "informativeness": np.round(model.informativeness_, 6).tolist(),
+            "popularity_weight": float(model.popularity_weight),
+            "max_cart_items": int(model.max_cart_items),
+            "popular": [[int(item), round(float(score), 6)]
+                        for item, score in zip(popular_items, model.popular_scores_[:POPULAR_STORED])],
+            "trending": [int(item) for item in np.lexsort((np.arange(trending.size), -trending))[:POPULAR_STORED]],
+            "tier_popular": tier_popular,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _tier_popularity(data: TrainingData) -> tuple[dict, dict]:
+    """Popular items per tier (from the current scoring run), and each customer's tier."""
+    run_id = current_run_id()
+    if run_id is None or data.baskets.shape[0] == 0:
+        return {}, {}
+    tiers = read_frame(db.engine, TIERS_SQL, {"run_id": run_id}, dtypes={"customer_id": str, "tier": str})
+    tier_of_customer = pd.Series(tiers["tier"].to_numpy(), index=tiers["customer_id"])
+    customer_tiers = tier_of_customer.reindex(data.customer_ids).fillna("regular").to_numpy()
+    tier_codes, tier_names = pd.factorize(customer_tiers)
+    by_tier = popularity_by_group(data.baskets, tier_codes[data.basket_customers], n_groups=len(tier_names))
+    popular = {}
+    for code, name in enumerate(tier_names):
+        ranked = np.lexsort((np.arange(by_tier.shape[1]), -by_tier[code]))[:POPULAR_STORED]
+        popular[str(name)] = [int(item) for item in ranked if by_tier[code, item] > 0]
+    return popular, dict(zip(data.customer_ids, customer_tiers))
+
+
+def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
+    """Train on paid orders up to as_of and stage every list under version `run_id` (not yet served)."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    catalogue = load_catalogue(db.engine)
+    lines = load_order_lines(db.engine, as_of)
+    timings["load"] = time.perf_counter() - started
+    if catalogue.empty:
+        stage_empty_version(run_id)
+        return {"order_lines": 0, "items": 0, "evaluation": {"skipped": "no products"}}
+
+    step = time.perf_counter()
+    data = TrainingData(lines, catalogue)
+    del lines
+    if data.order_lines == 0:
+        stage_empty_version(run_id)
+        return {"order_lines": 0, "items": int(data.n_items), "evaluation": {"skipped": "no paid orders"}}
+    model_params = {}
+    model = CoPurchaseModel(**model_params).fit(data.baskets, data.basket_times)
+    item_counts = np.asarray(data.baskets.sum(axis=0)).ravel()
+    timings["co_purchase"] = time.perf_counter() - step
+
+    step = time.perf_counter()
+    skus = catalogue["sku"].to_numpy()
+    abc = abc_classes(data.revenue)
+    in_stock = (catalogue["stock"].isna() | (catalogue["stock"] > 0)).to_numpy()
+    category_codes = pd.factorize(catalogue["category"])[0]
+    bundles = build_bundles(
+        model, catalogue["price"].to_numpy(), catalogue["cost"].to_numpy(dtype=float), category_codes,
+        (catalogue["active"] & ~catalogue["placeholder"]).to_numpy(), in_stock, abc=abc,
+        margin_floor=config["BUNDLE_MARGIN_FLOOR"], item_names=catalogue["name"].to_numpy(),
+    )
+    timings["bundles"] = time.perf_counter() - step
+
+    step = time.perf_counter()
+    trending = (trending_scores(data.baskets, data.basket_times) if data.baskets.shape[0]
+                else np.zeros(data.n_items))
+    tier_popular, customer_tiers = _tier_popularity(data)
+    for_you_payloads = _for_you_payloads(data, catalogue, customer_tiers)
+    timings["for_you"] = time.perf_counter() - step
+
+    step = time.perf_counter()
+    evaluation = evaluate_cart_model(data, model_params)
+    timings["evaluate"] = time.perf_counter() - step
+
+    step = time.perf_counter()
+    catalogue_payload = _catalogue_payload(catalogue, model, abc, trending, tier_popular, item_counts)
+    neighbour_payloads = _neighbour_payloads(model, skus)
+    bundle_payloads = _bundle_payloads(bundles, skus)
+    write_version(run_id, catalogue_payload, neighbour_payloads, bundle_payloads, for_you_payloads)
+    timings["stage"] = time.perf_counter() - step
+    return {
+        "model_version": run_id,
+        "order_lines": int(data.order_lines),
+        "orders": int(data.baskets.shape[0]),
+        "items": int(data.n_items),
+        "customers": int(len(data.customer_ids)),
+        "items_with_neighbours": len(neighbour_payloads),
+        "bundles": len(bundles),
+        "abc": {label: int((abc == label).sum()) for label in ("A", "B", "C")},
+        "evaluation": evaluation,
+        "seconds": {name: round(value, 3) for name, value in timings.items()},
+    }
+
+
+def _bundle_payloads(bundles: list, skus: np.ndarray) -> dict[str, str]:
+    """anchor sku -> JSON list of its bundles."""
+    by_anchor: dict[str, list] = {}
+    for bundle in bundles:
+        entry = {
+            "items": [int(item) for item in bundle["items"]],
+            "list_price": round(float(bundle["list_price"]), 2),
+            "bundle_price": round(float(bundle["bundle_price"]), 2),
+            "discount": round(float(bundle["discount"]), 4),
+            "margin": round(float(bundle["margin_after_discount"]), 4),
+            "reason": bundle["reason"],
+        }
+        by_anchor.setdefault(str(skus[int(bundle["anchor"])]), []).append(entry)
+    return {sku: json.dumps(entries, separators=(",", ":")) for sku, entries in by_anchor.items()}
+
+
+def _for_you_payloads(data: TrainingData, catalogue: pd.DataFrame, customer_tiers: dict) -> dict[str, str]:
+    """customer id -> JSON {for_you: [[item, score]...], bought: [non-repeat items bought], tier}."""
+    if len(data.customer_ids) == 0:
+        return {}
+    model = ForYouModel().fit(data.customer_items)
+    repeat = catalogue["repeat_purchase"].to_numpy()
+    # Items bought before are only suggested again when they are bought again by nature (consumables).
+    bought_once_only = data.customer_items.multiply(sp.csr_matrix(~repeat, dtype=np.float32)).tocsr()
+    bought_once_only.eliminate_zeros()
+    unavailable = ~(catalogue["active"] & ~catalogue["placeholder"]).to_numpy()
+    exclude = bought_once_only.copy()
+    items, scores = model.recommend_all(FOR_YOU_STORED, exclude=exclude)
+    payloads = {}
+    for row, customer_id in enumerate(data.customer_ids):
+        keep = (items[row] >= 0)
+        picks = items[row][keep]
+        picks_scores = scores[row][keep]
+        available = ~unavailable[picks]
+        bought = bought_once_only.indices[bought_once_only.indptr[row]:bought_once_only.indptr[row + 1]]
+        payloads[customer_id] = json.dumps(
+            {
+                "for_you": [[int(item), round(float(score), 5)]
+                            for item, score in zip(picks[available], picks_scores[available])],
+                "bought": [int(item) for item in bought],
+                "tier": customer_tiers.get(customer_id, "regular"),
+            },
+            separators=(",", ":"),
+        )
+    return payloads
+
+
+def write_version(version: str, catalogue_payload: str, neighbours: dict[str, str], bundles: dict[str, str],
+                  customers: dict[str, str]) -> None:
+    """Write a version's lists to Redis (with a TTL) and its shared lists to the database."""
+    client = redis_store.client
+    pipeline = client.pipeline(transaction=False)
+    pipeline.set(list_key(version, "catalogue"), catalogue_payload, ex=MODEL_TTL_SECONDS)
+    pending = 1
+    for kind, payloads in (("nb", neighbours), ("bundles", bundles), ("cust", customers)):
+        for key, payload in payloads.items():
+            pipeline.set(list_key(version, kind, key), payload, ex=MODEL_TTL_SECONDS)
+            pending += 1
+            if pending >= 5000:
+                pipeline.execute()
+                pending = 0
+    pipeline.execute()
+
+    rows = [("catalogue", "-", catalogue_payload)]
+    rows += [("nb", key, payload) for key, payload in neighbours.items()]
+    rows += [("bundles", key, payload) for key, payload in bundles.items()]
+    frame = pd.DataFrame(rows, columns=["kind", "list_key", "payload"])
+    frame.insert(0, "model_version", version)
+    with db.session() as session:
+        session.execute(delete(RecommendationList).where(RecommendationList.model_version == version))
+    write_frame(db.engine, "recommendation_lists", frame)
+
+
+def stage_empty_version(version: str) -> None:
+    """An empty shop still gets a (trivially empty) version, so serving answers with fallbacks."""
+    empty_catalogue = json.dumps({"skus": [], "names": [], "categories": [], "prices": [], "costs": [],
+                                  "active": [], "in_stock": [], "repeat_purchase": [], "abc": [], "orders": [],
+                                  "informativeness": [], "popularity_weight": 1.0, "max_cart_items": 20,
+                                  "popular": [], "trending": [], "tier_popular": {}})
+    write_version(version, empty_catalogue, {}, {}, {})
+
+
+def warm_cache(version: str) -> None:
+    """Touch the storefront's hottest keys (top sellers' neighbour and bundle lists) before the flip."""
+    client = redis_store.client
+    payload = client.get(list_key(version, "catalogue"))
+    if payload is None:
+        raise RuntimeError(f"model version {version} has no catalogue in Redis: not publishing it")
+    catalogue = json.loads(payload)
+    hot = [catalogue["skus"][item] for item, _score in catalogue["popular"][:100]]
+    if hot:
+        client.mget([list_key(version, "nb", sku) for sku in hot] + [list_key(version, "bundles", sku) for sku in hot])
+
+
+def publish_version(version: str) -> None:
+    """Flip the pointer readers follow (Redis and the database copy) to `version`."""
+    redis_store.client.set(redis_store.key(*VERSION_POINTER), version)
+    set_database_version(version)
+    prune_database_versions(keep=(version,))
+
+
+def prune_database_versions(keep: tuple[str, ...]) -> None:
+    """Drop database copies of versions that are neither current nor previous."""
+    from shared.runs import PREVIOUS_RUN, get_pointer
+
+    keep_versions = set(keep) | {value for value in (get_pointer(PREVIOUS_RUN),) if value}
+    with db.session() as session:
+        session.execute(delete(RecommendationList).where(RecommendationList.model_version.notin_(keep_versions)))

@@ -1,0 +1,49 @@
+"""The segmentation service: ingest, customer profiles, segment lists, campaigns and training runs."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from shared.celery_app import configure_celery
+from shared.web import (
+    create_api,
+    register_auth,
+    register_config,
+    register_errors,
+    register_extensions,
+    register_probes,
+    register_request_metrics,
+)
+
+SERVICE = "segmentation"
+
+
+def register_blueprints(api) -> None:
+    """Every endpoint group of the service."""
+    from services.segmentation.views import ingest, runs, segments
+
+    api.register_blueprint(ingest.blp)
+    api.register_blueprint(segments.blp)
+    api.register_blueprint(runs.blp)
+
+
+def published_run_exists() -> bool:
+    """Readiness: a scoring run has been published."""
+    from shared.runs import current_run_id
+
+    return current_run_id() is not None
+
+
+def create_app(config: dict | None = None) -> Flask:
+    """Build the segmentation app; `config` overrides environment and defaults (tests pass a dict)."""
+    app = Flask(__name__)
+    register_config(app, config)
+    register_extensions(app)
+    configure_celery(app.config)
+    register_auth(app)
+    api = create_api(app, "segmentation")
+    register_blueprints(api)
+    register_probes(app, SERVICE, published_run_exists)
+    register_request_metrics(app, SERVICE)
+    register_errors(app)
+    return app

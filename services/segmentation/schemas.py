@@ -1,0 +1,255 @@
+"""Request and response schemas of the segmentation service (the OpenAPI document is built from them)."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from shared.schemas import Identifier, Money, PastDateTime
+from shared.web import BatchRequestMixin, TolerantList
+
+ORDER_STATUSES = ("paid", "refunded", "cancelled")
+EVENT_TYPES = ("view", "add_to_cart", "community_interaction", "follow")
+
+
+# ---- ingest ------------------------------------------------------------------------------------
+
+
+class CustomerRecordSchema(Schema):
+    """A customer to insert or update."""
+
+    customer_id = Identifier(required=True)
+    joined_at = PastDateTime(load_default=None, allow_none=True)
+    channel = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    community_member = fields.Boolean(load_default=False)
+    opted_out = fields.Boolean(load_default=False)
+    attributes = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=dict)
+
+
+class OrderLineSchema(Schema):
+    """One order line: quantity at least 1, unit price above zero."""
+
+    sku = Identifier(required=True)
+    quantity = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=100_000))
+    unit_price = Money(required=True, validate=validate.Range(min=0, min_inclusive=False, max=10_000_000))
+
+
+class OrderRecordSchema(Schema):
+    """An order with its lines."""
+
+    order_id = Identifier(required=True)
+    customer_id = Identifier(required=True)
+    placed_at = PastDateTime(required=True)
+    status = fields.String(load_default="paid", validate=validate.OneOf(ORDER_STATUSES))
+    lines = fields.List(fields.Nested(OrderLineSchema), required=True, validate=validate.Length(min=1, max=500))
+
+
+class EventRecordSchema(Schema):
+    """A behavioural event."""
+
+    event_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    customer_id = Identifier(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(EVENT_TYPES))
+    sku = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=64))
+    occurred_at = PastDateTime(required=True)
+
+
+class CustomerBatchSchema(BatchRequestMixin, Schema):
+    """A batch of customers: a JSON array, or {"records": [...]}."""
+
+    records = TolerantList(fields.Nested(CustomerRecordSchema), required=True)
+
+
+class OrderBatchSchema(BatchRequestMixin, Schema):
+    """A batch of orders: a JSON array, or {"records": [...]}."""
+
+    records = TolerantList(fields.Nested(OrderRecordSchema), required=True)
+
+
+class EventBatchSchema(BatchRequestMixin, Schema):
+    """A batch of events: a JSON array, or {"records": [...]}."""
+
+    records = TolerantList(fields.Nested(EventRecordSchema), required=True)
+
+
+# ---- segments ----------------------------------------------------------------------------------
+
+
+class RFMSchema(Schema):
+    recency_days = fields.Float(allow_none=True)
+    frequency = fields.Integer()
+    monetary = fields.Float()
+    r = fields.Integer()
+    f = fields.Integer()
+    m = fields.Integer()
+    segment = fields.String()
+
+
+class TierSchema(Schema):
+    name = fields.String()
+    since = fields.DateTime(allow_none=True)
+    spend_to_next_tier = fields.Float(allow_none=True)
+
+
+class CLVSchema(Schema):
+    p_alive = fields.Float(allow_none=True)
+    expected_orders_90d = fields.Float(allow_none=True)
+    expected_value_365d = fields.Float(allow_none=True)
+
+
+class CustomerProfileSchema(Schema):
+    """A customer's scores in the current run."""
+
+    customer_id = fields.String()
+    run_id = fields.String()
+    rfm = fields.Nested(RFMSchema)
+    tier = fields.Nested(TierSchema)
+    lifecycle = fields.String()
+    community_layer = fields.String(allow_none=True)
+    clv = fields.Nested(CLVSchema)
+
+
+class SegmentValueSchema(Schema):
+    value = fields.String()
+    members = fields.Integer()
+
+
+class DimensionSchema(Schema):
+    dimension = fields.String()
+    values = fields.List(fields.Nested(SegmentValueSchema))
+
+
+class SegmentCatalogueSchema(Schema):
+    """Every dimension with its values and member counts."""
+
+    run_id = fields.String()
+    customers = fields.Integer()
+    dimensions = fields.List(fields.Nested(DimensionSchema))
+
+
+class MemberSchema(Schema):
+    """A segment member with their scores."""
+
+    customer_id = fields.String()
+    rfm_segment = fields.String()
+    tier = fields.String()
+    lifecycle = fields.String()
+    community_layer = fields.String(allow_none=True)
+    recency_days = fields.Float(allow_none=True)
+    frequency = fields.Integer()
+    monetary = fields.Float()
+    r = fields.Integer()
+    f = fields.Integer()
+    m = fields.Integer()
+    p_alive = fields.Float(allow_none=True)
+    expected_orders_90d = fields.Float(allow_none=True)
+    expected_value_365d = fields.Float(allow_none=True)
+
+
+class MemberPageSchema(Schema):
+    """One page of members, read from one run."""
+
+    run_id = fields.String()
+    items = fields.List(fields.Nested(MemberSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class RangeSchema(Schema):
+    """Bounds of a numeric filter."""
+
+    gte = fields.Float()
+    gt = fields.Float()
+    lte = fields.Float()
+    lt = fields.Float()
+
+    @validates_schema
+    def at_least_one_bound(self, data, **kwargs):
+        if not data:
+            raise ValidationError("give at least one of gte, gt, lte, lt")
+
+
+class AudienceFilterField(fields.Field):
+    """A filter value: a list of values (OR) for a dimension, or a {gte, lte, ...} range for a number."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, list):
+            if not value or not all(isinstance(item, str) for item in value):
+                raise ValidationError("a non-empty list of values")
+            return value
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, dict):
+            return RangeSchema().load(value)
+        raise ValidationError("a list of values or a range object such as {\"gte\": 500}")
+
+
+class AudienceQuerySchema(Schema):
+    """An audience: filters combine with AND across fields and OR within a field."""
+
+    filters = fields.Dict(keys=fields.String(), values=AudienceFilterField(), load_default=dict)
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    cursor = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=512))
+
+
+class AudienceResultSchema(Schema):
+    """An audience's size and one page of it."""
+
+    run_id = fields.String()
+    count = fields.Integer()
+    items = fields.List(fields.Nested(MemberSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class TransitionArgsSchema(Schema):
+    dimension = fields.String(required=True)
+    from_run = fields.String(required=True)
+    to_run = fields.String(load_default=None)
+
+
+class TransitionSchema(Schema):
+    from_ = fields.String(data_key="from", attribute="from", allow_none=True)
+    to = fields.String(allow_none=True)
+    customers = fields.Integer()
+
+
+class TransitionsSchema(Schema):
+    """Moves between the values of a dimension from one run to another."""
+
+    dimension = fields.String()
+    from_run = fields.String()
+    to_run = fields.String()
+    transitions = fields.List(fields.Nested(TransitionSchema))
+
+
+# ---- runs --------------------------------------------------------------------------------------
+
+
+class RunStepSchema(Schema):
+    name = fields.String()
+    status = fields.String()
+    seconds = fields.Float(allow_none=True)
+    rows = fields.Integer(allow_none=True)
+    detail = fields.Dict()
+
+
+class RunSchema(Schema):
+    """A training run: status, per-step timings, metrics, and why it was rejected or failed."""
+
+    run_id = fields.String()
+    status = fields.String()
+    trigger = fields.String()
+    as_of = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    published_at = fields.DateTime(allow_none=True)
+    current = fields.Boolean()
+    steps = fields.List(fields.Nested(RunStepSchema))
+    metrics = fields.Dict()
+    reason = fields.String(allow_none=True)
+
+
+class RunListSchema(Schema):
+    items = fields.List(fields.Nested(RunSchema))
+
+
+class RunListArgsSchema(Schema):
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=200))

@@ -1,0 +1,252 @@
+"""The nightly retrain as steps: snapshot, fit, score shards, train recommendations, evaluate, publish.
+
+Each step takes a run id (and a shard range), reads what it needs from the database or Redis and
+writes its results under the run id, so a step can be retried and the same functions serve the
+synchronous `segrec retrain` and the Celery workflow in shared/tasks.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from datetime import datetime
+
+from sqlalchemy import DateTime, String, delete, func, insert, literal, or_, select
+
+from services.segmentation.scoring import CustomerScorer
+from services.segmentation.snapshot import (
+    load_customer_frame,
+    load_previous_tiers,
+    shard_boundaries,
+    write_scores,
+)
+from services.segmentation.tiers import TierRules
+from shared import runs
+from shared.extensions import db, redis_store
+from shared.ingest import utcnow
+from shared.models import Customer, CustomerScore, Order, Run, TierHistory
+
+log = logging.getLogger("segrec.retrain")
+
+SCORER_TTL_SECONDS = 86_400
+# Published runs whose score rows are kept (older ones are deleted; their cursors go stale).
+KEEP_PUBLISHED_RUNS = 3
+
+
+class RetrainInProgress(Exception):
+    """Another run holds the retrain lock."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} is already under way")
+        self.run_id = run_id
+
+
+def scorer_from_config(config: dict) -> CustomerScorer:
+    """The customer scorer with the configured business rules."""
+    return CustomerScorer(
+        window_days=config["RFM_WINDOW_DAYS"],
+        segment_map=config["RFM_SEGMENT_MAP"],
+        tier_rules=TierRules(downgrade_grace_days=config["TIER_DOWNGRADE_GRACE_DAYS"]),
+    )
+
+
+def _scorer_key(run_id: str) -> str:
+    return redis_store.key("run", run_id, "scorer")
+
+
+def begin_run(config: dict, as_of: datetime | None = None, trigger: str = "manual") -> Run:
+    """Create a run and take the lock, or raise RetrainInProgress naming the run under way."""
+    as_of = as_of or utcnow()
+    run = runs.create_run(as_of, trigger)
+    holder = runs.RunLock(config["RETRAIN_LOCK_SECONDS"]).acquire(run.run_id)
+    if holder is not None:
+        runs.update_run(run.run_id, status="rejected", reason=f"run {holder} was already under way",
+                        finished_at=utcnow())
+        raise RetrainInProgress(holder)
+    runs.update_run(run.run_id, status="running", started_at=utcnow())
+    return run
+
+
+def step_snapshot(run_id: str, config: dict) -> list[tuple[str | None, str | None]]:
+    """Count the inputs, fingerprint them, and cut customer-id shards."""
+    with runs.timed_step(run_id, "snapshot") as info:
+        with db.session() as session:
+            customers = session.execute(select(func.count()).select_from(Customer)).scalar_one()
+            orders, last_change = session.execute(select(func.count(), func.max(Order.updated_at))).one()
+        shards = shard_boundaries(db.engine, config["SCORING_SHARD_SIZE"]) if customers else []
+        info["rows"] = customers
+        info["detail"] = {"customers": customers, "orders": orders, "shards": len(shards),
+                          "last_order_change": last_change.isoformat() if last_change else None}
+    return shards
+
+
+def step_fit(run_id: str, config: dict) -> dict:
+    """Fit RFM edges, BG/NBD and Gamma-Gamma on every customer; the fitted scorer goes to Redis for shards."""
+    run = runs.get_run(run_id)
+    with runs.timed_step(run_id, "fit_customer_models") as info:
+        frame = load_customer_frame(db.engine, run.as_of, config["RFM_WINDOW_DAYS"])
+        scorer = scorer_from_config(config).fit(frame, run.as_of) if len(frame) else None
+        info["rows"] = len(frame)
+        summary = scorer.model_summary() if scorer is not None else {"buyers": 0}
+        info["detail"] = {key: value for key, value in summary.items() if key != "rfm_edges"}
+        # Pickle is safe here: the bytes are written and read only by segrec's own processes.
+        redis_store.client.set(_scorer_key(run_id), pickle.dumps(scorer), ex=SCORER_TTL_SECONDS)
+    merge_run_metrics(run_id, {"customer_models": summary})
+    return summary
+
+
+def step_score_shard(run_id: str, low: str | None, high: str | None) -> int:
+    """Score customers with ids in [low, high) and write their rows under the run (idempotent)."""
+    run = runs.get_run(run_id)
+    payload = redis_store.client.get(_scorer_key(run_id))
+    if payload is None:
+        raise RuntimeError(f"the fitted scorer of run {run_id} is missing from Redis; refit")
+    scorer: CustomerScorer | None = pickle.loads(payload)
+    if scorer is None:
+        return 0
+    frame = load_customer_frame(db.engine, run.as_of, scorer.window_days, low=low, high=high)
+    previous = load_previous_tiers(db.engine, runs.current_run_id(), low, high)
+    scores = scorer.transform(frame, previous)
+    return write_scores(db.engine, run_id, scores, low, high)
+
+
+def step_score_all(run_id: str, shards: list[tuple[str | None, str | None]]) -> int:
+    """Score every shard in this process (the synchronous path)."""
+    with runs.timed_step(run_id, "score_customers") as info:
+        written = sum(step_score_shard(run_id, low, high) for low, high in shards)
+        info["rows"] = written
+        info["detail"] = {"shards": len(shards)}
+    return written
+
+
+def step_train_recommendations(run_id: str, config: dict) -> dict:
+    """Train the recommendation models and stage their lists under the run's version."""
+    from services.recommend.training import train_and_stage
+
+    run = runs.get_run(run_id)
+    with runs.timed_step(run_id, "train_recommendations") as info:
+        metrics = train_and_stage(run_id, run.as_of, config)
+        info["rows"] = metrics.get("order_lines")
+        info["detail"] = {key: value for key, value in metrics.items() if not isinstance(value, dict)}
+    merge_run_metrics(run_id, {"recommendations": metrics})
+    return metrics
+
+
+def merge_run_metrics(run_id: str, values: dict) -> None:
+    """Add top-level entries to a run's metrics (steps hand their results on through the run record)."""
+    metrics = dict(runs.get_run(run_id).metrics or {})
+    metrics.update(values)
+    runs.update_run(run_id, metrics=metrics)
+
+
+def segment_metrics(run_id: str) -> dict:
+    """Counts per tier and lifecycle stage in a run (stored with it, read by the publish gate)."""
+    with db.session() as session:
+        tiers = dict(session.execute(select(CustomerScore.tier, func.count()).where(
+            CustomerScore.run_id == run_id).group_by(CustomerScore.tier)).all())
+        stages = dict(session.execute(select(CustomerScore.lifecycle, func.count()).where(
+            CustomerScore.run_id == run_id).group_by(CustomerScore.lifecycle)).all())
+    return {"customers_scored": int(sum(tiers.values())), "tiers": tiers, "lifecycle": stages}
+
+
+def step_evaluate_and_publish(run_id: str, config: dict) -> Run:
+    """Gate on evaluation against the current run, then publish atomically, or keep the current run."""
+    started = time.perf_counter()
+    metrics = dict(runs.get_run(run_id).metrics or {})
+    metrics["segments"] = segment_metrics(run_id)
+    current_id = runs.current_run_id()
+    reason = None
+    if current_id is not None:
+        current = runs.get_run(current_id)
+        reason = publish_gate_reason(current.metrics or {}, metrics, config["PUBLISH_TOLERANCE"])
+    runs.update_run(run_id, metrics=metrics)
+    if reason is not None:
+        runs.record_step(run_id, "publish", "skipped", time.perf_counter() - started, detail={"reason": reason})
+        runs.update_run(run_id, status="rejected", reason=reason, finished_at=utcnow())
+        runs.RunLock(config["RETRAIN_LOCK_SECONDS"]).release(run_id)
+        return runs.get_run(run_id)
+    from services.recommend.training import publish_version, warm_cache
+
+    warm_cache(run_id)
+    record_tier_changes(run_id, current_id)
+    runs.publish(run_id)
+    publish_version(run_id)
+    runs.record_step(run_id, "publish", "succeeded", time.perf_counter() - started)
+    runs.RunLock(config["RETRAIN_LOCK_SECONDS"]).release(run_id)
+    prune_old_runs()
+    return runs.get_run(run_id)
+
+
+def publish_gate_reason(current: dict, candidate: dict, tolerance: float) -> str | None:
+    """Why a candidate must not replace the current run, or None when it may."""
+    new_customers = candidate["segments"]["customers_scored"]
+    old_customers = current.get("segments", {}).get("customers_scored", 0)
+    if old_customers and new_customers < old_customers * 0.5:
+        return f"scored {new_customers} customers, fewer than half of the current run's {old_customers}"
+    new_hit_rate = candidate.get("recommendations", {}).get("evaluation", {}).get("hr_at_10")
+    old_hit_rate = current.get("recommendations", {}).get("evaluation", {}).get("hr_at_10")
+    if new_hit_rate is not None and old_hit_rate is not None and new_hit_rate < old_hit_rate - tolerance:
+        return (f"cart HR@10 {new_hit_rate:.4f} is worse than the current run's {old_hit_rate:.4f} "
+                f"beyond the tolerance {tolerance}")
+    return None
+
+
+def record_tier_changes(run_id: str, previous_run_id: str | None) -> int:
+    """Append a tier-history row for each customer whose tier differs from the previous run's (in SQL)."""
+    new = select(CustomerScore.customer_id, CustomerScore.tier).where(CustomerScore.run_id == run_id).subquery()
+    old = select(CustomerScore.customer_id, CustomerScore.tier).where(
+        CustomerScore.run_id == (previous_run_id or "")).subquery()
+    changed = (
+        select(
+            new.c.customer_id,
+            old.c.tier,
+            new.c.tier,
+            literal(utcnow(), type_=DateTime()),
+            literal(run_id, type_=String()),
+        )
+        .select_from(new.outerjoin(old, old.c.customer_id == new.c.customer_id))
+        .where(or_(old.c.tier.is_(None), old.c.tier != new.c.tier))
+    )
+    columns = ["customer_id", "from_tier", "to_tier", "changed_at", "run_id"]
+    with db.session() as session:
+        result = session.execute(insert(TierHistory).from_select(columns, changed))
+        return result.rowcount
+
+
+def prune_old_runs() -> None:
+    """Delete score rows of runs that are neither current, previous nor among the newest published."""
+    with db.session() as session:
+        keep = set(session.execute(
+            select(Run.run_id).where(Run.status == "published").order_by(Run.published_at.desc())
+            .limit(KEEP_PUBLISHED_RUNS)
+        ).scalars())
+        keep.update(value for value in (runs.current_run_id(session), runs.get_pointer(runs.PREVIOUS_RUN, session))
+                    if value)
+        stored = set(session.execute(select(CustomerScore.run_id).distinct()).scalars())
+        active = set(session.execute(select(Run.run_id).where(Run.status.in_(runs.ACTIVE_STATUSES))).scalars())
+        for run_id in stored - keep - active:
+            session.execute(delete(CustomerScore).where(CustomerScore.run_id == run_id))
+
+
+def fail_run(run_id: str, config: dict, error: BaseException) -> None:
+    """Mark a run failed with its reason and release the lock; the current run keeps serving."""
+    reason = f"{type(error).__name__}: {error}"[:2000]
+    log.error("run failed", extra={"run_id": run_id, "reason": reason})
+    runs.update_run(run_id, status="failed", reason=reason, finished_at=utcnow())
+    runs.RunLock(config["RETRAIN_LOCK_SECONDS"]).release(run_id)
+
+
+def retrain_now(config: dict, as_of: datetime | None = None, trigger: str = "manual") -> Run:
+    """Run every step in this process (for `segrec retrain` and tests)."""
+    run = begin_run(config, as_of, trigger)
+    try:
+        shards = step_snapshot(run.run_id, config)
+        step_fit(run.run_id, config)
+        step_score_all(run.run_id, shards)
+        step_train_recommendations(run.run_id, config)
+        finished = step_evaluate_and_publish(run.run_id, config)
+    except BaseException as error:
+        fail_run(run.run_id, config, error)
+        raise
+    return finished

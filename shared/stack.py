@@ -1,0 +1,146 @@
+"""`segrec run`: the whole stack on one machine, for local use and the demo.
+
+Starts (or finds) Redis, migrates, seeds the demo shop when the database is empty, trains once so the
+APIs are ready at once, then runs both APIs under gunicorn, a Celery worker and beat until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from shared.config import REPO_ROOT, load_config
+from shared.redis_server import resolve_redis
+
+DEMO_KEYS = {
+    "demo-storefront": "recs:read",
+    "demo-ops": "segments:read,segments:export",
+    "demo-marketing": "campaigns:write,segments:read",
+    "demo-ingest": "ingest:write",
+    "demo-admin": "admin",
+}
+
+
+def _bin(name: str) -> str:
+    """A console script of this virtualenv."""
+    return str(Path(sys.executable).parent / name)
+
+
+def run_stack(segmentation_port: int = 8001, recommend_port: int = 8002, demo_customers: int = 2000) -> None:
+    """Run everything in the foreground until interrupted."""
+    config = load_config()
+    var_dir = Path(config["VAR_DIR"])
+    var_dir.mkdir(parents=True, exist_ok=True)
+    redis_url, embedded = resolve_redis(config["REDIS_URL"], var_dir)
+    env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=config["DATABASE_URL"])
+    metrics_dir = var_dir / "prometheus"
+    metrics_dir.mkdir(exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    click.echo(f"redis: {redis_url}{' (embedded, files in var/redis)' if embedded else ''}")
+    processes: list[subprocess.Popen] = []
+    try:
+        segrec = _bin("segrec")
+        subprocess.run([segrec, "db", "upgrade"], env=env, check=True)
+        subprocess.run([segrec, "demo", "seed", "--if-empty", "--customers", str(demo_customers)], env=env, check=True)
+        keys = _create_demo_keys(segrec, env)
+        subprocess.run([segrec, "retrain", "--if-none-published"], env=env, check=True)
+        processes = _start_processes(env, segmentation_port, recommend_port)
+        _print_welcome(keys, segmentation_port, recommend_port)
+        _wait(processes)
+    finally:
+        _stop(processes)
+        if embedded is not None:
+            embedded.stop()
+
+
+def _create_demo_keys(segrec: str, env: dict) -> dict[str, str]:
+    """Revoke the previous run's demo keys and create fresh ones (keys are only ever shown once)."""
+    keys = {}
+    listing = subprocess.run([segrec, "keys", "list"], env=env, check=True, capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        key_id, _prefix, name, _scopes, state = line.split("\t")
+        if name in DEMO_KEYS and state == "active":
+            subprocess.run([segrec, "keys", "revoke", "--id", key_id], env=env, check=True, capture_output=True)
+    for name, scopes in DEMO_KEYS.items():
+        output = subprocess.run(
+            [segrec, "keys", "create", "--name", name, "--scopes", scopes],
+            env=env, check=True, capture_output=True, text=True,
+        ).stdout
+        keys[name] = output.strip().splitlines()[-1]
+    return keys
+
+
+def _start_processes(env: dict, segmentation_port: int, recommend_port: int) -> list[subprocess.Popen]:
+    gunicorn_conf = str(REPO_ROOT / "deploy" / "gunicorn.conf.py")
+    api_env = dict(env, GUNICORN_WORKERS=env.get("GUNICORN_WORKERS", "2"))
+    commands = [
+        [_bin("gunicorn"), "-c", gunicorn_conf, "--bind", f"127.0.0.1:{segmentation_port}",
+         "services.segmentation.app:create_app()"],
+        [_bin("gunicorn"), "-c", gunicorn_conf, "--bind", f"127.0.0.1:{recommend_port}",
+         "services.recommend.app:create_app()"],
+        [_bin("celery"), "-A", "shared.worker", "worker", "--loglevel", "INFO", "--concurrency", "2"],
+        [_bin("celery"), "-A", "shared.worker", "beat", "--loglevel", "INFO",
+         "--schedule", str(Path(env.get("VAR_DIR", REPO_ROOT / "var")) / "celerybeat-schedule")],
+    ]
+    return [subprocess.Popen(command, env=api_env, cwd=REPO_ROOT) for command in commands]
+
+
+def _print_welcome(keys: dict[str, str], segmentation_port: int, recommend_port: int) -> None:
+    seg = f"http://127.0.0.1:{segmentation_port}"
+    rec = f"http://127.0.0.1:{recommend_port}"
+    lines = [
+        "",
+        "segrec is running. Demo API keys (new ones each start):",
+        *[f"  {name:18} {DEMO_KEYS[name]:34} {key}" for name, key in keys.items()],
+        "",
+        "Try:",
+        f"  curl -s {seg}/readyz",
+        f"  curl -s -H 'Authorization: Bearer {keys['demo-ops']}' {seg}/v1/segments",
+        f"  curl -s -H 'Authorization: Bearer {keys['demo-ops']}' '{seg}/v1/segments/tier/gold/members?limit=5'",
+        f"  curl -s -H 'Authorization: Bearer {keys['demo-storefront']}' {rec}/v1/items/PHN-001/bought-together",
+        f"  curl -s -H 'Authorization: Bearer {keys['demo-storefront']}' -H 'Content-Type: application/json' "
+        f"-d '{{\"items\":[{{\"sku\":\"TEA-001\",\"quantity\":2}}]}}' {rec}/v1/cart/recommendations",
+        f"  open {seg}/docs and {rec}/docs",
+        "",
+        "Ctrl-C stops everything.",
+    ]
+    click.echo("\n".join(lines))
+
+
+def _wait(processes: list[subprocess.Popen]) -> None:
+    """Return on Ctrl-C, or when any process exits."""
+    stop = {"now": False}
+
+    def request_stop(_signum, _frame):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        while not stop["now"]:
+            for process in processes:
+                if process.poll() is not None:
+                    click.echo(f"process {process.args[0]} exited with {process.returncode}; stopping", err=True)
+                    return
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,323 @@
+"""Flask pieces both services share: the error envelope, scopes, probes, metrics, paging and batches.
+
+Each `register_*` helper is small so an app factory reads as a list of what the service has.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from copy import deepcopy
+
+from flask import Flask, Response, current_app, g, jsonify, request
+from flask_smorest import Api
+from marshmallow import ValidationError, fields, pre_load, utils
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import multiprocess
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from werkzeug.exceptions import HTTPException
+
+from shared.auth import Forbidden, KeyVerifier
+from shared.config import load_config
+from shared.errors import BatchTooLarge, DomainError
+from shared.extensions import db, redis_store
+from shared.ingest import BatchOutcome
+
+log = logging.getLogger("segrec.web")
+
+# Paths anyone may call: probes for the orchestrator and the generated API documentation.
+PUBLIC_ENDPOINT_PREFIXES = ("healthz", "readyz", "metrics", "api-docs.", "static")
+
+REQUEST_SECONDS = Histogram(
+    "segrec_http_request_seconds",
+    "HTTP request latency by service, endpoint and status class",
+    ["service", "endpoint", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+FALLBACKS = Counter("segrec_recommendation_fallbacks_total", "Recommendations served by a fallback", ["fallback"])
+
+
+def error_body(status: int, code: str, message: str, details: dict | None = None) -> dict:
+    """The one error envelope every endpoint answers with."""
+    return {"error": {"status": status, "code": code, "message": message, "details": details or {}}}
+
+
+def error_response(status: int, code: str, message: str, details: dict | None = None) -> Response:
+    """A JSON error response in the envelope."""
+    response = jsonify(error_body(status, code, message, details))
+    response.status_code = status
+    return response
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+}
+
+
+def _validation_details(messages) -> dict:
+    """Flatten webargs' {'json': {...}} / {'query': {...}} into field -> errors."""
+    if not isinstance(messages, dict):
+        return {"_schema": messages}
+    details: dict = {}
+    for location, errors in messages.items():
+        if isinstance(errors, dict):
+            details.update(errors)
+        else:
+            details[location] = errors
+    return details
+
+
+def handle_http_exception(error: HTTPException) -> Response:
+    """Werkzeug and flask-smorest aborts, rendered in the envelope."""
+    status = error.code or 500
+    data = getattr(error, "data", None) or {}
+    messages = data.get("messages")
+    code = _HTTP_CODES.get(status, "error")
+    message = error.description or "request failed"
+    details: dict = {}
+    if messages is not None:
+        details = _validation_details(messages)
+        if status == 400 and "Invalid JSON body." in str(messages):
+            code, message = "malformed_json", "the request body is not valid JSON"
+        elif status == 422:
+            message = "the request did not pass validation"
+    if status == 413 and code == "payload_too_large":
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        message = f"the request body is larger than {limit} bytes"
+        details = {"max_bytes": limit}
+    return error_response(status, code, message, details)
+
+
+def handle_domain_error(error: DomainError) -> Response:
+    """A typed domain error: its own status and code."""
+    return error_response(error.status, error.code, error.message, error.details)
+
+
+def handle_unexpected(error: Exception) -> Response:
+    """Anything else: logged with its trace, answered without one."""
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return error_response(500, "internal_error", "an internal error occurred; it has been logged")
+
+
+def register_errors(app: Flask) -> None:
+    """Install the error envelope for every kind of failure, over flask-smorest's own handler."""
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(DomainError, handle_domain_error)
+    app.register_error_handler(Exception, handle_unexpected)
+
+
+def register_auth(app: Flask) -> None:
+    """Attach the key verifier that `require_scope` uses."""
+    app.extensions["segrec_keys"] = KeyVerifier(db, cache_seconds=app.config["API_KEY_CACHE_SECONDS"])
+
+
+def require_scope(scope: str):
+    """Decorator: the caller's key must carry `scope` (or admin); documented in OpenAPI."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            verifier: KeyVerifier = current_app.extensions["segrec_keys"]
+            principal = verifier.verify(request.headers.get("Authorization"))
+            if not principal.allows(scope):
+                raise Forbidden(f"this key lacks the '{scope}' scope", {"required_scope": scope})
+            g.principal = principal
+            return view(*args, **kwargs)
+
+        wrapper._required_scope = scope
+        apidoc = deepcopy(getattr(wrapper, "_apidoc", {}))
+        manual = apidoc.setdefault("manual_doc", {})
+        manual["security"] = [{"bearerAuth": []}]
+        manual.setdefault("description", "")
+        manual["description"] = (manual["description"] + f"\n\nRequires scope `{scope}`.").strip()
+        wrapper._apidoc = apidoc
+        return wrapper
+
+    return decorator
+
+
+def endpoints_without_scope(app: Flask) -> list[str]:
+    """Endpoints that neither check a scope nor are deliberately public (tests assert this is empty)."""
+    missing = []
+    for endpoint, view in app.view_functions.items():
+        if endpoint.startswith(PUBLIC_ENDPOINT_PREFIXES):
+            continue
+        view_class = getattr(view, "view_class", None)
+        handlers = [view]
+        if view_class is not None:
+            handlers = [getattr(view_class, method.lower()) for method in view_class.methods]
+        if not all(getattr(handler, "_required_scope", None) for handler in handlers):
+            missing.append(endpoint)
+    return missing
+
+
+def create_api(app: Flask, title: str) -> Api:
+    """flask-smorest Api with the OpenAPI document at /openapi.json and a page at /docs."""
+    app.config.setdefault("API_TITLE", title)
+    app.config.setdefault("API_VERSION", "v1")
+    app.config.setdefault("OPENAPI_VERSION", "3.0.3")
+    app.config.setdefault("OPENAPI_URL_PREFIX", "/")
+    app.config.setdefault("OPENAPI_JSON_PATH", "openapi.json")
+    # Swagger UI is loaded from a CDN by the browser; the JSON document itself is served locally.
+    app.config.setdefault("OPENAPI_SWAGGER_UI_PATH", "docs")
+    app.config.setdefault("OPENAPI_SWAGGER_UI_URL", "https://cdn.jsdelivr.net/npm/swagger-ui-dist/")
+    api = Api(app, spec_kwargs={"info": {"description": f"segrec {title}"}})
+    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
+    return api
+
+
+def register_probes(app: Flask, service: str, model_check) -> None:
+    """/healthz (alive), /readyz (database, Redis and a published model) and /metrics."""
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify({"status": "ok", "service": service})
+
+    @app.get("/readyz")
+    def readyz():
+        checks = {"database": _check(lambda: db.engine.connect().execute(text("SELECT 1")).close())}
+        checks["redis"] = _check(redis_store.client.ping)
+        checks["model"] = _check(model_check)
+        ready = all(value == "ok" for value in checks.values())
+        response = jsonify({"status": "ready" if ready else "not_ready", "checks": checks})
+        response.status_code = 200 if ready else 503
+        return response
+
+    @app.get("/metrics")
+    def metrics():
+        registry = None
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        payload = generate_latest(registry) if registry is not None else generate_latest()
+        return Response(payload, mimetype=CONTENT_TYPE_LATEST)
+
+
+def _check(probe) -> str:
+    try:
+        result = probe()
+    except Exception as error:  # a probe reports failures, it never raises them
+        return f"failed: {type(error).__name__}: {error}"[:200]
+    if result is False:
+        return "failed: not present"
+    return "ok"
+
+
+def register_request_metrics(app: Flask, service: str) -> None:
+    """Time every request into a Prometheus histogram."""
+
+    @app.before_request
+    def start_timer():
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def observe(response):
+        started = g.get("request_started")
+        if started is not None:
+            REQUEST_SECONDS.labels(service, request.endpoint or "unknown", f"{response.status_code // 100}xx").observe(
+                time.perf_counter() - started
+            )
+        return response
+
+
+# ---- batches -------------------------------------------------------------------------------
+
+
+class RecordBatch:
+    """A batch split into the records that validated (with their index) and those that did not."""
+
+    def __init__(self, accepted: list[tuple[int, dict]], rejected: list[tuple[int, object, dict]]) -> None:
+        self.accepted = accepted
+        self.rejected = rejected
+
+
+class TolerantList(fields.List):
+    """A list whose invalid items are set aside with their errors instead of failing the whole list."""
+
+    def _deserialize(self, value, attr, data, **kwargs) -> RecordBatch:
+        if not utils.is_collection(value):
+            raise self.make_error("invalid")
+        limit = current_app.config["MAX_BATCH_RECORDS"]
+        if len(value) > limit:
+            raise BatchTooLarge(
+                f"a batch takes at most {limit} records; this one has {len(value)}",
+                {"max_records": limit, "records": len(value)},
+            )
+        accepted: list[tuple[int, dict]] = []
+        rejected: list[tuple[int, object, dict]] = []
+        for index, item in enumerate(value):
+            try:
+                accepted.append((index, self.inner.deserialize(item, **kwargs)))
+            except ValidationError as error:
+                rejected.append((index, item, error.messages))
+        return RecordBatch(accepted, rejected)
+
+
+class BatchRequestMixin:
+    """Accept a batch as a bare JSON array or as {"records": [...]}."""
+
+    @pre_load
+    def wrap_bare_list(self, data, **kwargs):
+        if isinstance(data, list):
+            return {"records": data}
+        return data
+
+
+def record_id(record: object, id_field: str) -> str | None:
+    """The id a client sent for a record, for the rejection report, even when the record is invalid."""
+    if isinstance(record, dict):
+        value = record.get(id_field)
+        if value is not None:
+            return str(value)[:64]
+    return None
+
+
+def run_batch(batch: RecordBatch, id_field: str, write) -> dict:
+    """Write a batch's valid records with `write(session, records)` and merge in the invalid ones.
+
+    A concurrent request may insert the same new id between our read and our write; the unique key
+    then fails the transaction, and one retry sees the other request's rows and treats them as known.
+    """
+    attempts = 2
+    for attempt in range(attempts):
+        try:
+            with db.session() as session:
+                outcome = write(session, batch.accepted) if batch.accepted else None
+            break
+        except IntegrityError:
+            if attempt == attempts - 1:
+                raise
+    if outcome is None:
+        outcome = BatchOutcome()
+    for index, record, errors in batch.rejected:
+        outcome.reject(index, record_id(record, id_field), errors)
+    return outcome.as_dict()
+
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def register_config(app: Flask, overrides: dict | None) -> None:
+    """Load defaults, environment and the caller's overrides into app.config."""
+    app.config.update(load_config(overrides))
+    if not app.config["REDIS_URL"]:
+        app.config["REDIS_URL"] = DEFAULT_REDIS_URL
+    app.json.sort_keys = False
+
+
+def register_extensions(app: Flask) -> None:
+    """Bind the shared database and Redis holders to this app's configuration."""
+    db.init_app(app)
+    redis_store.init_app(app)
