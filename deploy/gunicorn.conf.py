@@ -6,6 +6,11 @@ Every value can be overridden from the environment so one file serves developmen
 import multiprocessing
 import os
 
+# numpy's BLAS thread pools would spin in every worker and fight over the cores; the web tier's
+# numpy work is small per request, so one thread each is faster.
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8002")
 # Recommendation serving is short CPU work plus a Redis round trip: a few processes with a few
 # threads each keep both cores busy while one thread waits on Redis or the database.

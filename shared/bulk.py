@@ -317,6 +317,7 @@ def existing_keys(connection, table: str, key_column: str, keys: Sequence[str]) 
             staging = f"stage_keys_{table}"
             create_staging_table(cursor, staging, table, (key_column,))
             copy_text_into(cursor, staging, (key_column,), [copy_text((key,) for key in keys)])
+            cursor.execute(f"ANALYZE {staging}")  # so the join probes the key index, not a full scan
             cursor.execute(
                 f"SELECT t.{key_column} FROM {staging} s JOIN {table} t ON t.{key_column} = s.{key_column}"
             )

@@ -19,17 +19,22 @@ DEFAULTS: dict[str, object] = {
     # Celery (broker and result backend default to REDIS_URL).
     "CELERY_BROKER_URL": "",
     "CELERY_TASK_TIME_LIMIT": 1800,
+    # The queue workers consume and tasks are sent to (tests give each run of workers its own).
+    "CELERY_QUEUE": "celery",
     "RETRAIN_HOUR": 2,
     "RETRAIN_MINUTE": 0,
     "RETRAIN_TIMEZONE": "Asia/Shanghai",
     "RETRAIN_LOCK_SECONDS": 3600,
+    # A run that records no progress for this long is taken to be dead: a new trigger takes its lock.
+    "RETRAIN_STALE_SECONDS": 2400,
+    # Retries of a retrain task after a lost database or Redis connection, with exponential backoff.
+    "RETRAIN_MAX_RETRIES": 6,
+    "RETRAIN_RETRY_BACKOFF_MAX": 60,
     "SCORING_SHARD_SIZE": 200_000,
     "PUBLISH_TOLERANCE": 0.02,
     # HTTP.
     "MAX_BATCH_RECORDS": 5000,
     "MAX_CONTENT_LENGTH": 10 * 1024 * 1024,
-    "PAGE_DEFAULT_LIMIT": 100,
-    "PAGE_MAX_LIMIT": 1000,
     "MAX_FUTURE_SKEW_SECONDS": 86_400,
     "API_KEY_CACHE_SECONDS": 30,
     # Demo.
@@ -39,8 +44,30 @@ DEFAULTS: dict[str, object] = {
     "RFM_SEGMENT_MAP": "rf_grid_v1",
     "TIER_DOWNGRADE_GRACE_DAYS": 30,
     "BUNDLE_MARGIN_FLOOR": 0.08,
-    "RECS_DEFAULT_LIMIT": 10,
-    "RECS_MAX_LIMIT": 50,
+    # Win-back campaigns.
+    "CAMPAIGN_DEFAULT_HOLDOUT_FRACTION": 0.1,
+    "CAMPAIGN_DEFAULT_FREQUENCY_CAP_DAYS": 14,
+    "CAMPAIGN_DEFAULT_RECOMMENDATIONS": 5,
+    "CAMPAIGN_DEFAULT_OFFER_DAYS": 14,
+    "CAMPAIGN_BUILD_CHUNK": 5000,
+    "CAMPAIGN_RECS_MGET_CHUNK": 1000,
+    "CAMPAIGN_BUILD_TIME_LIMIT": 900,
+    # Builds run one at a time (so frequency caps hold across campaigns); how long one waits for another.
+    "CAMPAIGN_BUILD_LOCK_WAIT_SECONDS": 120.0,
+    # Below these a report says the sample is too small to conclude anything.
+    "CAMPAIGN_REPORT_MIN_MEMBERS": 30,
+    "CAMPAIGN_REPORT_MIN_CONVERTERS": 5,
+    # A fixed share of all customers that no campaign ever contacts (0.0: off); the salt picks which.
+    "GLOBAL_CONTROL_FRACTION": 0.0,
+    "GLOBAL_CONTROL_SALT": "segrec-global-control-v1",
+    # Webhooks (the signing key is the environment variable WEBHOOK_SECRET, never a config value).
+    "WEBHOOK_FORBIDDEN_NETWORKS": (
+        "127.0.0.0/8,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,169.254.0.0/16,0.0.0.0/8,::1/128,fc00::/7,fe80::/10"
+    ),
+    "WEBHOOK_BATCH_SIZE": 500,
+    "WEBHOOK_TIMEOUT_SECONDS": 10.0,
+    "WEBHOOK_MAX_ATTEMPTS": 6,
+    "WEBHOOK_RETRY_BACKOFF_SECONDS": 10.0,
 }
 
 

@@ -8,6 +8,8 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
+import pyarrow
+from pyarrow import csv as pyarrow_csv
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
@@ -55,7 +57,16 @@ def _read_with_copy(engine: Engine, query: str, params: dict, dtypes: dict | Non
     finally:
         raw.close()
     buffer.seek(0)
-    return pd.read_csv(buffer, dtype=dtypes, keep_default_na=True, na_values=[""])
+    # pyarrow parses CSV (timestamps included) several times faster than pandas' own parser, and
+    # keeps PostgreSQL's NULL (an unquoted empty field) apart from an empty string ("").
+    column_types = {name: pyarrow.string() for name, dtype in (dtypes or {}).items() if dtype is str}
+    table = pyarrow_csv.read_csv(
+        buffer,
+        convert_options=pyarrow_csv.ConvertOptions(
+            column_types=column_types, strings_can_be_null=True, quoted_strings_can_be_null=False
+        ),
+    )
+    return table.to_pandas()
 
 
 def _to_psycopg_placeholders(query: str) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import math
 import sys
 import time
@@ -36,11 +37,19 @@ from datetime import datetime, timedelta, timezone
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+from sqlalchemy import or_, select, update
 from tqdm import tqdm
 
 from shared import bulk
 from shared.config import DEFAULTS
-from shared.ingest import STATUS_TRANSITIONS, refresh_customer_aggregates, utcnow
+from shared.ingest import STATUS_TRANSITIONS, aggregates_select, refresh_customer_aggregates, utcnow
+from shared.models import Customer, Order
 
 ORDER_STATUSES = ("paid", "refunded", "cancelled")
 MAX_ORDER_LINES = 500
@@ -107,7 +116,7 @@ def import_csv(
     path,
     database,
     *,
-    chunk_rows: int = 50_000,
+    chunk_rows: int = 200_000,
     rejects_path=None,
     progress: bool = True,
     max_future_skew_seconds: int | None = None,
@@ -127,14 +136,18 @@ def import_csv(
             raise ImportFileError(f"{path} is empty: a header row is required")
         positions = _column_positions(kind, header)
         rejects = RejectsWriter(rejects_path, header)
-        total = _count_data_lines(path) if progress else None
-        bar = tqdm(total=total, unit=" rows", unit_scale=True, desc=f"import {kind}", file=sys.stderr,
-                   disable=not progress, dynamic_ncols=True)
+        total, plain = _scan_file(path)
+        bar = tqdm(total=total if progress else None, unit=" rows", unit_scale=True, desc=f"import {kind}",
+                   file=sys.stderr, disable=not progress, dynamic_ncols=True)
         try:
-            rows = _read_rows(reader, len(header), rejects, summary)
             if kind == "orders":
-                OrderImport(database, positions, skew, rejects, summary, bar).run(rows, chunk_rows)
+                if plain:
+                    batches = _arrow_batches(path, len(header), rejects, summary)
+                else:
+                    batches = _csv_module_batches(reader, len(header), rejects, summary)
+                OrderImport(database, positions, skew, rejects, summary, bar).run(batches, chunk_rows)
             else:
+                rows = _read_rows(reader, len(header), rejects, summary)
                 RecordImport(kind, database, positions, skew, rejects, summary, bar).run(rows, chunk_rows)
         finally:
             bar.close()
@@ -159,15 +172,6 @@ def _column_positions(kind: str, header: list[str]) -> dict[str, int]:
             f"{','.join(required)} and may have {','.join(optional)}"
         )
     return {name: names.index(name) for name in (*required, *optional) if name in names}
-
-
-def _count_data_lines(path: Path) -> int:
-    """Newlines in the file minus the header: the progress bar's total (cheap: bytes, not CSV parsing)."""
-    count = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            count += block.count(b"\n")
-    return max(count - 1, 0)
 
 
 def _read_rows(reader, width: int, rejects: RejectsWriter, summary: ImportSummary) -> Iterator[tuple[int, list]]:
@@ -285,14 +289,44 @@ def id_problem(text: str) -> str | None:
 
 
 # ---- orders --------------------------------------------------------------------------------------
+#
+# Orders files are the big ones (millions of lines), so their rows are handled a column at a time:
+# pyarrow reads the file in blocks, every rule runs over whole columns (pyarrow compute, numpy,
+# pandas), and Python looks at single rows only where a column holds a value the fast check does not
+# vouch for. Each such value is then checked by the same scalar rule as before (parse_whole_number,
+# parse_number, DateParser, id_problem), so the fast path can only ever agree with the slow one.
+
+# Values the column checks take without a second look; anything else goes through the scalar rule.
+PLAIN_QUANTITY = r"^[0-9]{1,9}$"
+# At most 15 significant digits: the text and the float read from it are the same number, so the
+# text can go to COPY as it is.
+PLAIN_PRICE = r"^[0-9]{1,9}(\.[0-9]{1,6})?$"
+# Prices whose "%.2f" form is the text itself, padded to two decimals.
+TWO_DECIMAL_PRICE = r"^(0|[1-9][0-9]{0,7})(\.[0-9]{1,2})?$"
+# Timestamps that pandas and datetime.fromisoformat read alike (years 1000-9999, no week dates,
+# no compact forms); pandas says NaT for impossible dates and times, which then take the slow rule.
+PLAIN_TIMESTAMP = r"^[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})?$"
+# Strings whose JSON form is the string in double quotes (printable ASCII but '"' and '\').
+JSON_PLAIN_STRING = r'^[\x20\x21\x23-\x5b\x5d-\x7e]*$'
+# Characters COPY text format escapes.
+COPY_SPECIAL = r"[\\\t\n\r]"
+# Rows per block the pyarrow reader hands over (about 8 MB of CSV).
+ARROW_BLOCK_BYTES = 8 << 20
+# Rows per block when the csv module reads a file pyarrow cannot number reliably.
+CSV_MODULE_BLOCK_ROWS = 50_000
+EPOCH = datetime(1970, 1, 1)
+MICROSECOND = timedelta(microseconds=1)
+# datetime's range in microseconds since 1970: pandas can produce values outside it (year 0).
+MIN_MICROS = (datetime.min - EPOCH) // MICROSECOND
+MAX_MICROS = (datetime.max - EPOCH) // MICROSECOND
 
 
 def canonical_order_hash(customer_id: str, placed_at_iso: str, skus, quantities, price_texts) -> str:
     """The same sha256 as shared.ingest.order_content_hash, built without intermediate dicts.
 
     order_content_hash hashes json.dumps({"customer_id", "placed_at", "lines": [[sku, quantity,
-    "price.2f"]]}, separators=(",", ":")); this writes the identical bytes directly (the unit tests
-    compare both on awkward input) because it runs once per order of a multi-million-row file.
+    "price.2f"]]}, separators=(",", ":")); this writes the identical bytes directly (the tests
+    compare both on awkward input). The import builds the same bytes column-wise (_order_hashes).
     """
     lines = ",".join(
         [
@@ -308,27 +342,220 @@ def canonical_order_hash(customer_id: str, placed_at_iso: str, skus, quantities,
 
 
 @dataclass
-class OrderChunk:
-    """One chunk of order rows after validation: whole orders only, each a span of adjacent rows."""
+class RowBatch:
+    """Rows as read from the file: their line numbers and their fields as string columns in header order."""
 
-    lines: list[int]
-    rows: list[list]
-    order_ids: list[str] = field(default_factory=list)
-    customer_ids: list[str] = field(default_factory=list)
-    skus: list[str] = field(default_factory=list)
-    quantities: list[int] = field(default_factory=list)
-    prices: list[float] = field(default_factory=list)
-    # Per candidate order (first run of an order id in this chunk).
-    orders: list[tuple] = field(default_factory=list)  # (order_id, customer_id, placed_at, status, total, hash)
-    spans: list[tuple[int, int]] = field(default_factory=list)
+    lines: np.ndarray
+    table: pa.Table
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def row(self, index: int) -> list[str]:
+        """The fields of one row, as written to the rejects file."""
+        return [column[index].as_py() for column in self.table.columns]
+
+    def slice(self, start: int, end: int | None = None) -> RowBatch:
+        """Rows start to end (a view, no copy)."""
+        end = len(self) if end is None else end
+        return RowBatch(self.lines[start:end], self.table.slice(start, end - start))
+
+
+def _concat_batches(first: RowBatch | None, second: RowBatch) -> RowBatch:
+    if first is None or len(first) == 0:
+        return second
+    return RowBatch(np.concatenate([first.lines, second.lines]), pa.concat_tables([first.table, second.table]))
+
+
+def _scan_file(path: Path) -> tuple[int, bool]:
+    """(data lines, plain): newlines minus the header for the progress bar, and whether the file has no
+    quote character, no blank line and no lone carriage return, so that data row k is on line k + 2."""
+    newlines = 0
+    plain = True
+    carried = b""  # a block's last byte when it is a carriage return: its line feed may come next
+    last_byte = b"\n"
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            newlines += block.count(b"\n")
+            if not plain:
+                continue
+            data = carried + block
+            carried = b""
+            if data.endswith(b"\r"):
+                carried, data = b"\r", data[:-1]
+            seam = last_byte + data
+            if (b'"' in data or b"\n\n" in seam or b"\n\r\n" in seam
+                    or data.count(b"\r") != data.count(b"\r\n")):
+                plain = False
+            if data:
+                last_byte = data[-1:]
+    if carried:
+        plain = False
+    return max(newlines - 1, 0), plain
+
+
+def _arrow_batches(path: Path, width: int, rejects: RejectsWriter, summary: ImportSummary) -> Iterator[RowBatch]:
+    """Batches from pyarrow's streaming CSV reader, for a plain file (see _scan_file).
+
+    pyarrow cannot say on which line a row of the wrong width is; at the first such row the rest of
+    the file is read by the csv module instead, which rejects it with its line number.
+    """
+    names = [f"column_{position}" for position in range(width)]
+    next_line = 2
+    try:
+        # Opening already parses the first block.
+        reader = pa_csv.open_csv(
+            path,
+            read_options=pa_csv.ReadOptions(column_names=names, skip_rows=1, block_size=ARROW_BLOCK_BYTES),
+            convert_options=pa_csv.ConvertOptions(column_types={name: pa.string() for name in names},
+                                                  strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+    except pa.ArrowInvalid:
+        reader = None
+    while reader is not None:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except pa.ArrowInvalid:
+            reader.close()
+            break
+        if batch.num_rows:
+            lines = np.arange(next_line, next_line + batch.num_rows, dtype=np.int64)
+            next_line += batch.num_rows
+            yield RowBatch(lines, pa.Table.from_batches([batch]))
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        rows = csv.reader(handle)
+        next(rows)  # the header
+        # A plain file has one row per line: skip the rows already handed over.
+        for _row in itertools.islice(rows, next_line - 2):
+            pass
+        yield from _csv_module_batches(rows, width, rejects, summary)
+
+
+def _csv_module_batches(reader, width: int, rejects: RejectsWriter, summary: ImportSummary) -> Iterator[RowBatch]:
+    """Batches from the csv module: for files with quoted fields, blank lines or rows of the wrong width."""
+    lines: list[int] = []
+    rows: list[list] = []
+    for line, row in _read_rows(reader, width, rejects, summary):
+        lines.append(line)
+        rows.append(row)
+        if len(rows) >= CSV_MODULE_BLOCK_ROWS:
+            yield _batch_from_rows(lines, rows, width)
+            lines, rows = [], []
+    if rows:
+        yield _batch_from_rows(lines, rows, width)
+
+
+def _batch_from_rows(lines: list[int], rows: list[list], width: int) -> RowBatch:
+    columns = list(zip(*rows))
+    arrays = [pa.array(column, pa.string()) for column in columns]
+    return RowBatch(np.array(lines, dtype=np.int64),
+                    pa.table(arrays, names=[f"column_{position}" for position in range(width)]))
+
+
+def _order_chunks(batches: Iterator[RowBatch], chunk_rows: int, order_position: int) -> Iterator[RowBatch]:
+    """Chunks of whole orders of about chunk_rows rows; an order longer than MAX_ORDER_LINES is cut
+    after max(chunk_rows, MAX_ORDER_LINES + 1) rows, where it gets rejected, so a chunk stays bounded."""
+    buffered: RowBatch | None = None
+    for batch in batches:
+        buffered = _concat_batches(buffered, batch)
+        while True:
+            cut = _chunk_cut(buffered.table.column(order_position), chunk_rows, at_end=False)
+            if cut is None:
+                break
+            yield buffered.slice(0, cut)
+            buffered = buffered.slice(cut)
+    while buffered is not None and len(buffered):
+        cut = _chunk_cut(buffered.table.column(order_position), chunk_rows, at_end=True)
+        yield buffered.slice(0, cut)
+        buffered = buffered.slice(cut)
+
+
+def _chunk_cut(order_ids: pa.ChunkedArray, chunk_rows: int, at_end: bool) -> int | None:
+    """Rows to hand over as the next chunk, or None to read more first."""
+    size = len(order_ids)
+    if size < chunk_rows:
+        return size if at_end else None
+    window = order_ids.slice(0, chunk_rows)
+    changes = np.flatnonzero(_changes(window))
+    if len(changes):
+        return int(changes[-1]) + 1  # up to the start of the last order in the window
+    # The first chunk_rows rows are one order: it ends where the order id first changes.
+    limit = max(chunk_rows, MAX_ORDER_LINES + 1)
+    rest = np.flatnonzero(_changes(order_ids.slice(0, min(size, limit + 1))))
+    if len(rest):
+        run_end = int(rest[0]) + 1
+        return run_end if run_end <= MAX_ORDER_LINES else limit
+    if size >= limit:
+        return limit
+    return size if at_end else None
+
+
+def _changes(values) -> np.ndarray:
+    """For each row but the first: whether its value differs from the row before."""
+    if len(values) < 2:
+        return np.zeros(0, dtype=bool)
+    different = pc.not_equal(values.slice(1), values.slice(0, len(values) - 1))
+    return _to_numpy_bool(different)
+
+
+def _to_numpy_bool(values) -> np.ndarray:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return values.to_numpy(zero_copy_only=False).astype(bool, copy=False)
+
+
+def _column(table: pa.Table, position: int) -> pa.StringArray:
+    return table.column(position).combine_chunks()
+
+
+def _matches(values: pa.Array, pattern: str) -> np.ndarray:
+    return _to_numpy_bool(pc.match_substring_regex(values, pattern))
+
+
+@dataclass
+class OrderChunk:
+    """One chunk of order rows after validation: whole orders, each a span of adjacent rows.
+
+    Row columns cover every row of the chunk; order columns cover the orders to store (the first run
+    of each valid order id in the chunk), in file order.
+    """
+
+    batch: RowBatch
+    # Per row.
+    order_ids: pa.Array | None = None
+    customer_ids: pa.Array | None = None
+    skus: pa.Array | None = None
+    quantities: np.ndarray | None = None
+    prices: np.ndarray | None = None
+    price_copy_texts: pa.Array | None = None
+    line_numbers: np.ndarray | None = None
+    # Per order to store.
+    starts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    ends: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    order_order_ids: pa.Array | None = None
+    order_customer_ids: pa.Array | None = None
+    order_placed_texts: pa.Array | None = None
+    order_statuses: pa.Array | None = None
+    order_totals: list[float] = field(default_factory=list)
+    order_hashes: list[str] = field(default_factory=list)
     # Later runs of an order id already seen in this chunk: applied after the first run is written.
     repeats: list[tuple[int, int, str, str]] = field(default_factory=list)  # (start, end, hash, status)
     rejects: list[tuple[int, str, list]] = field(default_factory=list)
     accepted_rows: int = 0
 
+    @property
+    def order_count(self) -> int:
+        return len(self.starts)
+
+    def order_lists(self) -> tuple[list, list, list]:
+        """(order ids, content hashes, statuses) of the orders to store, as Python lists."""
+        return self.order_order_ids.to_pylist(), self.order_hashes, self.order_statuses.to_pylist()
+
 
 class OrderImport:
-    """Validates order rows in the main thread while a writer thread stores the previous chunk."""
+    """Validates order chunks column-wise in the main thread while a writer thread stores the previous chunk."""
 
     def __init__(self, database, positions: dict[str, int], skew: int, rejects: RejectsWriter,
                  summary: ImportSummary, bar) -> None:
@@ -343,13 +570,16 @@ class OrderImport:
         # An order longer than MAX_ORDER_LINES is rejected as soon as it passes the limit, so its
         # rows are never carried from chunk to chunk without bound; its later rows are rejected too.
         self.overlong_order_id: str | None = None
+        # COPY straight into orders while no chunk has met a stored order (a new history); after the
+        # first one that did, every chunk goes through the staging table (a re-import, an overlap).
+        self.copy_directly = True
 
-    def run(self, rows: Iterator[tuple[int, list]], chunk_rows: int) -> None:
+    def run(self, batches: Iterator[RowBatch], chunk_rows: int) -> None:
         """Read, validate and write every chunk, then refresh the customer aggregates."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segrec-import-writer") as writer:
             pending = None
-            for chunk_lines, chunk_rows_list in self._chunks(rows, chunk_rows):
-                prepared = self.prepare(chunk_lines, chunk_rows_list)
+            for chunk in _order_chunks(batches, chunk_rows, self.positions["order_id"]):
+                prepared = self.prepare(chunk)
                 if pending is not None:
                     self._finish(pending.result())
                 pending = writer.submit(self.write, prepared)
@@ -357,91 +587,104 @@ class OrderImport:
                 self._finish(pending.result())
         self._refresh_aggregates()
 
-    def _chunks(self, rows: Iterator[tuple[int, list]], chunk_rows: int) -> Iterator[tuple[list, list]]:
-        """Chunks of whole orders: the last order of a chunk may continue in the next, so it is carried over."""
-        order_column = self.positions["order_id"]
-        lines: list[int] = []
-        chunk: list[list] = []
-        for line, row in rows:
-            lines.append(line)
-            chunk.append(row)
-            if len(chunk) < chunk_rows:
-                continue
-            split = _last_order_start(chunk, order_column)
-            if split == 0:
-                if len(chunk) <= MAX_ORDER_LINES:
-                    continue  # one order still going: keep reading until it ends
-                # Longer than any valid order: hand it on now, where it is rejected (and its
-                # further rows with it), so a runaway order never grows the chunk without bound.
-                yield lines, chunk
-                lines, chunk = [], []
-                continue
-            yield lines[:split], chunk[:split]
-            lines, chunk = lines[split:], chunk[split:]
-        if chunk:
-            yield lines, chunk
-
-    def prepare(self, lines: list[int], rows: list[list]) -> OrderChunk:
+    def prepare(self, batch: RowBatch) -> OrderChunk:
         """Validate a chunk, group its rows into orders, hash each order; no database access."""
-        positions = self.positions
-        chunk = OrderChunk(lines=lines, rows=rows)
-        self.summary.rows += len(rows)
-        count = len(rows)
-        order_ids = [row[positions["order_id"]] for row in rows]
-        customer_ids = [row[positions["customer_id"]] for row in rows]
-        placed_texts = [row[positions["placed_at"]] for row in rows]
-        skus = [row[positions["sku"]] for row in rows]
-        quantity_texts = [row[positions["quantity"]] for row in rows]
-        price_texts = [row[positions["unit_price"]] for row in rows]
-        if "status" in positions:
-            statuses = [row[positions["status"]].strip() or "paid" for row in rows]
-        else:
-            statuses = ["paid"] * count
-
+        positions, table = self.positions, batch.table
+        chunk = OrderChunk(batch=batch)
+        count = len(batch)
+        self.summary.rows += count
+        order_ids = _column(table, positions["order_id"])
+        customer_ids = _column(table, positions["customer_id"])
+        skus = _column(table, positions["sku"])
         problems: dict[int, list[str]] = {}
 
         def flag(index: int, reason: str) -> None:
-            problems.setdefault(index, []).append(reason)
+            problems.setdefault(int(index), []).append(reason)
 
+        # The checks run in the order of the REST schema's fields, so a row's reasons read the same.
         for name, values in (("order_id", order_ids), ("customer_id", customer_ids), ("sku", skus)):
-            for index, value in enumerate(values):
-                if not value or len(value) > MAX_ID_LENGTH:
-                    flag(index, f"{name} {id_problem(value)}")
-        quantities = [parse_whole_number(text) for text in quantity_texts]
-        for index, quantity in enumerate(quantities):
-            if quantity is None or not 1 <= quantity <= MAX_QUANTITY:
-                flag(index, f"quantity must be a whole number from 1 to {MAX_QUANTITY:,} (got {quantity_texts[index]!r})")
-        prices = _parse_prices(price_texts)
-        for index, price in enumerate(prices):
-            if price is None or not 0 < price <= MAX_MONEY:
-                flag(index, f"unit_price must be a number above 0 and at most {MAX_MONEY:,} (got {price_texts[index]!r})")
-        dates = DateParser(self.skew)
-        placed = []
-        for index, text in enumerate(placed_texts):
-            value, problem = dates.parse(text)
-            placed.append(value)
-            if problem:
-                flag(index, f"placed_at {problem} (got {text!r})")
-        for index, status in enumerate(statuses):
-            if status not in ORDER_STATUSES:
-                flag(index, f"status must be one of {', '.join(ORDER_STATUSES)} (got {status!r})")
+            lengths = pc.utf8_length(values).to_numpy()
+            for index in np.flatnonzero((lengths < 1) | (lengths > MAX_ID_LENGTH)):
+                flag(index, f"{name} {id_problem(values[index].as_py())}")
+        quantity_texts = _column(table, positions["quantity"])
+        quantities, quantity_ok = _parse_quantity_column(quantity_texts)
+        for index in np.flatnonzero(~quantity_ok):
+            flag(index, f"quantity must be a whole number from 1 to {MAX_QUANTITY:,} "
+                        f"(got {quantity_texts[index].as_py()!r})")
+        price_texts = _column(table, positions["unit_price"])
+        prices, plain_prices = _parse_price_column(price_texts)
+        for index in np.flatnonzero(~((prices > 0) & (prices <= MAX_MONEY))):  # NaN (unreadable) fails too
+            flag(index, f"unit_price must be a number above 0 and at most {MAX_MONEY:,} "
+                        f"(got {price_texts[index].as_py()!r})")
+        placed_texts = _column(table, positions["placed_at"])
+        placed, placed_problems = _parse_timestamp_column(placed_texts, DateParser(self.skew))
+        for index, problem in placed_problems.items():
+            flag(index, f"placed_at {problem} (got {placed_texts[index].as_py()!r})")
+        statuses = _status_column(table.column(positions["status"]).combine_chunks() if "status" in positions
+                                  else None, count)
+        known_status = _to_numpy_bool(pc.is_in(statuses, value_set=pa.array(ORDER_STATUSES)))
+        for index in np.flatnonzero(~known_status):
+            flag(index, f"status must be one of {', '.join(ORDER_STATUSES)} (got {statuses[index].as_py()!r})")
 
         chunk.order_ids, chunk.customer_ids, chunk.skus = order_ids, customer_ids, skus
         chunk.quantities, chunk.prices = quantities, prices
+        chunk.price_copy_texts = _price_copy_texts(price_texts, prices, plain_prices)
+
+        # Orders are runs of adjacent rows with one order id.
+        order_changes = _changes(order_ids)
+        starts = np.concatenate([[0], np.flatnonzero(order_changes) + 1]).astype(np.int64)
+        ends = np.append(starts[1:], count).astype(np.int64)
+        lengths = ends - starts
+        chunk.line_numbers = np.arange(count, dtype=np.int64) - np.repeat(starts, lengths) + 1
+        # Whether every order's lines agree on customer, time and status: within a run, none of
+        # them may change (compared as read; the slow path compares the parsed times).
+        field_changes = order_changes | _changes(customer_ids) | _changes(placed_texts) | _changes(statuses)
+        agree = bool(np.array_equal(field_changes, order_changes))
+        run_order_ids = order_ids.take(starts)
+        distinct_ids = pc.count_distinct(run_order_ids).as_py() == len(starts)
+        continues_overlong = (self.overlong_order_id is not None and count > 0
+                              and order_ids[0].as_py() == self.overlong_order_id)
+
+        run_customer_ids = customer_ids.take(starts)
+        run_placed = placed[starts]
+        run_statuses = statuses.take(starts)
+        hashes = _order_hashes(run_customer_ids, run_placed, skus, quantities, prices, price_texts, starts, ends)
+        totals = _order_totals(quantities, prices, starts, ends)
+
+        if not problems and agree and distinct_ids and lengths.max(initial=0) <= MAX_ORDER_LINES \
+                and not continues_overlong:
+            stored_runs = np.arange(len(starts))
+            chunk.accepted_rows = count
+        else:
+            stored_runs = self._check_runs(chunk, problems, customer_ids, placed, statuses, starts, ends,
+                                           hashes, run_order_ids.to_pylist(), run_statuses.to_pylist())
+        chunk.starts, chunk.ends = starts[stored_runs], ends[stored_runs]
+        chunk.order_order_ids = run_order_ids.take(stored_runs)
+        chunk.order_customer_ids = run_customer_ids.take(stored_runs)
+        chunk.order_placed_texts = _storage_texts(run_placed[stored_runs])
+        chunk.order_statuses = run_statuses.take(stored_runs)
+        chunk.order_totals = [totals[run] for run in stored_runs.tolist()]
+        chunk.order_hashes = [hashes[run] for run in stored_runs.tolist()]
+        return chunk
+
+    def _check_runs(self, chunk: OrderChunk, problems: dict, customer_ids, placed, statuses, starts, ends,
+                    hashes: list[str], run_order_ids: list[str], run_statuses: list[str]) -> np.ndarray:
+        """Order by order, for a chunk with a bad row, disagreeing lines, an overlong order or an order id
+        seen twice: rejects, repeats, and which runs to store (their indexes)."""
+        customers = customer_ids.to_pylist()
+        placed_values = placed.tolist()
+        status_values = statuses.to_pylist()
+        lines = chunk.batch.lines
+        stored_runs: list[int] = []
         first_run: dict[str, tuple[int, str, str]] = {}  # order_id -> (first line, hash, status)
-        for start, end in _runs(order_ids):
-            order_id = order_ids[start]
-            reason = self._order_problem(start, end, order_id, customer_ids, placed, statuses, problems, lines)
+        for run, (start, end) in enumerate(zip(starts.tolist(), ends.tolist())):
+            order_id = run_order_ids[run]
+            reason = self._order_problem(start, end, order_id, customers, placed_values, status_values,
+                                         problems, lines)
             if reason is not None:
                 self._reject_order(chunk, start, end, reason, problems)
                 continue
-            placed_at = placed[start]
-            price_2f = [f"{price:.2f}" for price in prices[start:end]]
-            content_hash = canonical_order_hash(
-                customer_ids[start], placed_at.isoformat(timespec="seconds"),
-                skus[start:end], quantities[start:end], price_2f,
-            )
-            status = statuses[start]
+            content_hash, status = hashes[run], run_statuses[run]
             earlier = first_run.get(order_id)
             if earlier is not None:
                 if earlier[1] != content_hash:
@@ -455,12 +698,10 @@ class OrderImport:
                 chunk.repeats.append((start, end, content_hash, status))
                 chunk.accepted_rows += end - start
                 continue
-            first_run[order_id] = (lines[start], content_hash, status)
-            total = round(sum(quantity * price for quantity, price in zip(quantities[start:end], prices[start:end])), 2)
-            chunk.orders.append((order_id, customer_ids[start], placed_at, status, total, content_hash))
-            chunk.spans.append((start, end))
+            first_run[order_id] = (int(lines[start]), content_hash, status)
+            stored_runs.append(run)
             chunk.accepted_rows += end - start
-        return chunk
+        return np.array(stored_runs, dtype=np.int64)
 
     def _order_problem(self, start, end, order_id, customer_ids, placed, statuses, problems, lines) -> str | None:
         """Why a whole order cannot be taken (beyond its own rows' problems), or None."""
@@ -483,7 +724,8 @@ class OrderImport:
         """Reject every row of an order: a row's own problems first, else the order's reason."""
         for index in range(start, end):
             own = problems.get(index)
-            chunk.rejects.append((chunk.lines[index], "; ".join(own) if own else reason, chunk.rows[index]))
+            chunk.rejects.append((int(chunk.batch.lines[index]), "; ".join(own) if own else reason,
+                                  chunk.batch.row(index)))
 
     # -- writing (runs in the writer thread) --
 
@@ -491,7 +733,11 @@ class OrderImport:
         """Store one chunk in one transaction; returns what happened to each order."""
         with bulk.raw_connection(self.database) as connection:
             if bulk.dialect_of(connection) == "postgresql":
-                return PostgresOrderWriter(connection, chunk).write()
+                writer = PostgresOrderWriter(connection, chunk, self.copy_directly)
+                outcome = writer.write()
+                if not writer.copied_directly:
+                    self.copy_directly = False
+                return outcome
             return SqliteOrderWriter(connection, chunk).write()
 
     def _finish(self, outcome: dict) -> None:
@@ -511,12 +757,15 @@ class OrderImport:
             if len(self.touched_customers) > SMALL_IMPORT_CUSTOMERS:
                 self.refresh_everyone = True
                 self.touched_customers = set()
-        self.bar.update(len(chunk.rows))
+        self.bar.update(len(chunk.batch))
 
     def _refresh_aggregates(self) -> None:
         if self.refresh_everyone:
             with self.database.session() as session:
-                refresh_customer_aggregates(session, None)
+                if session.get_bind().dialect.name == "postgresql":
+                    refresh_all_aggregates_by_join(session)
+                else:
+                    refresh_customer_aggregates(session, None)
             self.summary.aggregates_refreshed = "all customers (set-based)"
         elif self.touched_customers:
             with self.database.session() as session:
@@ -524,39 +773,187 @@ class OrderImport:
             self.summary.aggregates_refreshed = f"{len(self.touched_customers):,} customers"
 
 
-def _last_order_start(chunk: list[list], order_column: int) -> int:
-    """Index of the first row of the chunk's last run of one order id."""
-    last_id = chunk[-1][order_column]
-    index = len(chunk) - 1
-    while index > 0 and chunk[index - 1][order_column] == last_id:
-        index -= 1
-    return index
+def refresh_all_aggregates_by_join(session) -> None:
+    """Every customer's aggregates, as shared.ingest.refresh_customer_aggregates(session, None) sets them,
+    with two joins instead of one correlated subquery per column and customer (about 2.5x faster on
+    PostgreSQL); rows whose values do not change are not rewritten."""
+    customers = Customer.__table__
+    aggregates = aggregates_select().group_by(Order.customer_id).subquery()
+    names = ("first_paid_at", "last_paid_at", "paid_orders", "net_spend", "purchase_days")
+    changed = or_(*[customers.c[name].is_distinct_from(aggregates.c[name]) for name in names])
+    session.execute(
+        update(customers)
+        .values({name: aggregates.c[name] for name in names})
+        .where(customers.c.customer_id == aggregates.c.customer_id, changed)
+    )
+    # Customers without a paid order: aggregates empty.
+    paid = select(Order.customer_id).where(Order.customer_id == customers.c.customer_id, Order.status == "paid")
+    session.execute(
+        update(customers)
+        .values(first_paid_at=None, last_paid_at=None, paid_orders=0, net_spend=0, purchase_days=0)
+        .where(~paid.exists(),
+               or_(customers.c.first_paid_at.is_not(None), customers.c.last_paid_at.is_not(None),
+                   customers.c.paid_orders != 0, customers.c.net_spend != 0, customers.c.purchase_days != 0))
+    )
 
 
-def _runs(order_ids: list[str]) -> Iterator[tuple[int, int]]:
-    """(start, end) of each run of adjacent rows with the same order id."""
-    start = 0
-    for index in range(1, len(order_ids)):
-        if order_ids[index] != order_ids[index - 1]:
-            yield start, index
-            start = index
-    if order_ids:
-        yield start, len(order_ids)
+def _parse_quantity_column(texts: pa.StringArray) -> tuple[np.ndarray, np.ndarray]:
+    """(quantities, valid) for a column of quantity texts; valid means a whole number from 1 to MAX_QUANTITY."""
+    plain = _matches(texts, PLAIN_QUANTITY)
+    quantities = np.zeros(len(texts), dtype=np.int64)
+    quantities[plain] = pc.cast(texts.filter(pa.array(plain)), pa.int64()).to_numpy()
+    valid = plain.copy()
+    for index in np.flatnonzero(~plain):
+        number = parse_whole_number(texts[index].as_py())
+        if number is not None and 1 <= number <= MAX_QUANTITY:
+            quantities[index] = number
+            valid[index] = True
+    return quantities, valid & (quantities >= 1) & (quantities <= MAX_QUANTITY)
 
 
-def _parse_prices(texts: list[str]) -> list[float | None]:
-    """Numbers for a column of price strings; one bad value only slows its own chunk down."""
-    try:
-        values = [float(text) for text in texts]
-    except ValueError:
-        return [parse_number(text) for text in texts]
-    if all(math.isfinite(value) for value in values):
+def _parse_price_column(texts: pa.StringArray) -> tuple[np.ndarray, np.ndarray]:
+    """(prices, plain): the numbers (NaN where a text is not a finite number) and which texts were plain."""
+    plain = _matches(texts, PLAIN_PRICE)
+    prices = np.full(len(texts), np.nan)
+    prices[plain] = pc.cast(texts.filter(pa.array(plain)), pa.float64()).to_numpy()
+    for index in np.flatnonzero(~plain):
+        number = parse_number(texts[index].as_py())
+        if number is not None:
+            prices[index] = number
+    return prices, plain
+
+
+def _price_copy_texts(texts: pa.StringArray, prices: np.ndarray, plain: np.ndarray) -> pa.Array:
+    """unit_price as COPY text: a plain text as it is (the same number), else the float's repr."""
+    if plain.all():
+        return texts
+    values = texts.to_pylist()
+    for index in np.flatnonzero(~plain):
+        values[index] = repr(float(prices[index]))
+    return pa.array(values, pa.string())
+
+
+def _parse_timestamp_column(texts: pa.StringArray, dates: DateParser) -> tuple[np.ndarray, dict[int, str]]:
+    """(microseconds since 1970 as naive UTC, {row: problem}) with DateParser's rules."""
+    micros = np.zeros(len(texts), dtype=np.int64)
+    plain = _matches(texts, PLAIN_TIMESTAMP)
+    if plain.any():
+        # The lines of an order share their time: parse each distinct text once.
+        encoded = texts.filter(pa.array(plain)).dictionary_encode()
+        parsed = pd.to_datetime(pd.Series(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object),
+                                format="ISO8601", utc=True, errors="coerce")
+        distinct_values = parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[us]").view(np.int64)
+        # NaT and values beyond datetime's range go to the slow rule, which says why.
+        distinct_readable = ((distinct_values >= MIN_MICROS) & (distinct_values <= MAX_MICROS)
+                             & ~parsed.isna().to_numpy())
+        indices = encoded.indices.to_numpy()
+        micros[plain] = distinct_values[indices]
+        plain[np.flatnonzero(plain)[~distinct_readable[indices]]] = False
+    limit = (dates.limit - EPOCH) // MICROSECOND
+    problems = {int(index): "is in the future" for index in np.flatnonzero(plain & (micros > limit))}
+    for index in np.flatnonzero(~plain):
+        value, problem = dates.parse(texts[index].as_py())
+        if problem:
+            problems[int(index)] = problem
+        else:
+            micros[index] = (value - EPOCH) // MICROSECOND
+    return micros, problems
+
+
+def _status_column(texts: pa.StringArray | None, count: int) -> pa.Array:
+    """Statuses as REST reads them: surrounding space stripped, empty or absent means paid."""
+    if texts is None:
+        return pa.array(["paid"] * count, pa.string())
+    if _to_numpy_bool(pc.is_in(texts, value_set=pa.array(ORDER_STATUSES))).all():
+        return texts
+    return pa.array([text.strip() or "paid" for text in texts.to_pylist()], pa.string())
+
+
+def _json_strings(values: pa.Array) -> pa.Array:
+    """Each string as json.dumps writes it (ASCII, escaped), like encode_basestring_ascii."""
+    plain = _matches(values, JSON_PLAIN_STRING)
+    if plain.all():
+        return pc.binary_join_element_wise('"', values, '"', "")
+    return pa.array([encode_basestring_ascii(value) for value in values.to_pylist()], pa.string())
+
+
+def _order_hashes(customer_ids: pa.Array, placed_micros: np.ndarray, skus: pa.Array, quantities: np.ndarray,
+                  prices: np.ndarray, price_texts: pa.StringArray, starts: np.ndarray, ends: np.ndarray) -> list[str]:
+    """The content hash of each run (canonical_order_hash's bytes, built column-wise; one sha256 per order)."""
+    price_2f = _two_decimal_texts(price_texts, prices)
+    line_json = pc.binary_join_element_wise(
+        "[", _json_strings(skus), ",", pc.cast(pa.array(quantities), pa.string()), ',"', price_2f, '"]', "")
+    offsets = pa.array(np.append(starts, ends[-1] if len(ends) else 0), pa.int32())
+    lines_json = pc.binary_join(pa.ListArray.from_arrays(offsets, line_json), ",")
+    placed_iso = _iso_seconds(placed_micros)
+    canonical = pc.binary_join_element_wise(
+        '{"customer_id":', _json_strings(customer_ids), ',"placed_at":"', placed_iso, '","lines":[', lines_json,
+        "]}", "")
+    data = memoryview(canonical.buffers()[2]) if len(canonical) else memoryview(b"")
+    bounds = np.frombuffer(canonical.buffers()[1], dtype=np.int32, count=len(canonical) + 1,
+                           offset=canonical.offset * 4).tolist()
+    sha256 = hashlib.sha256
+    return [sha256(data[bounds[index]:bounds[index + 1]]).hexdigest() for index in range(len(canonical))]
+
+
+def _iso_seconds(micros: np.ndarray) -> pa.Array:
+    """datetime.isoformat(timespec="seconds") of each naive UTC time: whole seconds, rounded down."""
+    seconds = np.floor_divide(micros, 1_000_000).astype("datetime64[s]")
+    return pa.array(np.datetime_as_string(seconds, unit="s"), pa.string())
+
+
+def _storage_texts(micros: np.ndarray) -> pa.Array:
+    """Each time as 'YYYY-MM-DD HH:MM:SS.ffffff': how SQLAlchemy stores DateTime on SQLite, and
+    plain timestamp input for PostgreSQL."""
+    date_and_time = pc.utf8_replace_slice(_iso_seconds(micros), 10, 11, " ")
+    fraction = pc.utf8_lpad(pc.cast(pa.array(np.mod(micros, 1_000_000)), pa.string()), 6, "0")
+    return pc.binary_join_element_wise(date_and_time, fraction, ".")
+
+
+def _two_decimal_texts(texts: pa.StringArray, prices: np.ndarray) -> pa.Array:
+    """f"{price:.2f}" of each price: a plain text with at most two decimals is that text, padded."""
+    simple = _matches(texts, TWO_DECIMAL_PRICE)
+    if simple.all():
+        dot = pc.find_substring(texts, ".").to_numpy()
+        decimals = np.where(dot < 0, 0, pc.utf8_length(texts).to_numpy() - dot - 1)
+        padding = np.array(["", "", ""], dtype=object)[decimals]
+        padding[dot < 0] = ".00"
+        padding[decimals == 1] = "0"
+        return pc.binary_join_element_wise(texts, pa.array(padding, pa.string()), "")
+    return pa.array([f"{price:.2f}" for price in prices.tolist()], pa.string())
+
+
+def _order_totals(quantities: np.ndarray, prices: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> list[float]:
+    """round(sum(quantity * price), 2) per run: the products are the same floats as in Python, and the
+    builtin sum adds them in order, exactly as shared.ingest.order_total does."""
+    products = (quantities.astype(np.float64) * prices).tolist()
+    return [round(sum(products[start:end]), 2) for start, end in zip(starts.tolist(), ends.tolist())]
+
+
+def _copy_escaped(values: pa.Array) -> pa.Array:
+    """Strings escaped for COPY text format (only when some value needs it)."""
+    if not _matches(values, COPY_SPECIAL).any():
         return values
-    return [value if math.isfinite(value) else None for value in values]
+    for special, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
+        values = pc.replace_substring(values, special, escaped)
+    return values
+
+
+def _copy_block(columns: list) -> memoryview:
+    """One COPY text block from string columns: one row per line, fields separated by tabs."""
+    last = pc.binary_join_element_wise(columns[-1], "\n", "")
+    rows = pc.binary_join_element_wise(*columns[:-1], last, "\t")
+    if len(rows) == 0:
+        return memoryview(b"")
+    bounds = np.frombuffer(rows.buffers()[1], dtype=np.int32, count=len(rows) + 1, offset=rows.offset * 4)
+    # The rows' characters lie back to back in the array's data buffer: hand that over without a copy.
+    return memoryview(rows.buffers()[2])[int(bounds[0]):int(bounds[-1])]
 
 
 class _OrderWriterBase:
     """Classifies a chunk's orders against what is stored, then writes new orders and status moves."""
+
+    copied_directly = False
 
     def __init__(self, connection, chunk: OrderChunk) -> None:
         self.connection = connection
@@ -573,33 +970,27 @@ class _OrderWriterBase:
     def write(self) -> dict:
         chunk = self.chunk
         self.begin()
-        stored = self.stored_orders() if chunk.orders else {}
-        new_positions: list[int] = []
-        # What each order id is stored as once this chunk is written: later runs compare with it.
-        current: dict[str, tuple[str, str]] = dict(stored)
-        for position, order in enumerate(chunk.orders):
-            order_id, customer_id, _placed, status, _total, content_hash = order
-            previous = stored.get(order_id)
-            if previous is None:
-                new_positions.append(position)
-                current[order_id] = (content_hash, status)
-                self.touched.add(customer_id)
-                continue
-            start, end = chunk.spans[position]
-            if self._classify(order_id, customer_id, content_hash, status, previous, start, end):
-                current[order_id] = (content_hash, status)
-        if new_positions:
-            self.insert_new(new_positions)
+        current: dict[str, tuple[str, str]] = {}
+        if chunk.order_count and self.insert_all_new():
+            # Every order was new: stored as is, nothing to compare.
+            self.created += chunk.order_count
+            self.touched.update(pc.unique(chunk.order_customer_ids).to_pylist())
+            if chunk.repeats:
+                order_ids, hashes, statuses = chunk.order_lists()
+                current = {order_id: (content_hash, status)
+                           for order_id, content_hash, status in zip(order_ids, hashes, statuses)}
+        elif chunk.order_count:
+            current = self._classify_and_insert()
         for start, end, content_hash, status in chunk.repeats:
-            order_id = chunk.order_ids[start]
+            order_id = chunk.order_ids[start].as_py()
             previous = current.get(order_id)
             if previous is None:
                 self._reject_span(start, end, f"order {order_id} was rejected earlier in this file")
                 continue
-            if self._classify(order_id, chunk.customer_ids[start], content_hash, status, previous, start, end):
+            if self._classify(order_id, chunk.customer_ids[start].as_py(), content_hash, status, previous,
+                              start, end):
                 current[order_id] = (content_hash, status)
-        status_moves = self.status_moves
-        for status, order_ids in status_moves.items():
+        for status, order_ids in self.status_moves.items():
             self.update_status(status, order_ids)
         self.cursor.close()
         return {
@@ -611,13 +1002,42 @@ class _OrderWriterBase:
             "touched": self.touched,
         }
 
+    def insert_all_new(self) -> bool:
+        """Store every order of the chunk if none is stored yet; False (nothing written) otherwise."""
+        return False
+
+    def _classify_and_insert(self) -> dict[str, tuple[str, str]]:
+        """Compare each order with its stored version, insert the new ones; returns what each id is stored as."""
+        chunk = self.chunk
+        stored = self.stored_orders()
+        order_ids, hashes, statuses = chunk.order_lists()
+        customer_ids = chunk.order_customer_ids.to_pylist()
+        new_positions: list[int] = []
+        # What each order id is stored as once this chunk is written: later runs compare with it.
+        current: dict[str, tuple[str, str]] = dict(stored)
+        for position, order_id in enumerate(order_ids):
+            content_hash, status = hashes[position], statuses[position]
+            previous = stored.get(order_id)
+            if previous is None:
+                new_positions.append(position)
+                current[order_id] = (content_hash, status)
+                self.touched.add(customer_ids[position])
+                continue
+            start, end = int(chunk.starts[position]), int(chunk.ends[position])
+            if self._classify(order_id, customer_ids[position], content_hash, status, previous, start, end):
+                current[order_id] = (content_hash, status)
+        if new_positions:
+            self.insert_new(np.array(new_positions, dtype=np.int64))
+        return current
+
     def _classify(self, order_id, customer_id, content_hash, status, previous, start, end) -> bool:
         """Compare an order with its stored version, like ingest.upsert_orders; True on a status move."""
         stored_hash, stored_status = previous
         if stored_hash != content_hash:
             self._reject_span(
                 start, end,
-                f"conflict: order {order_id} is already stored with a different customer, time or lines",
+                f"conflict: order {order_id} is already stored with a different customer, time or lines "
+                "(if it was listed earlier in this file: the lines of one order must be on adjacent rows)",
             )
             return False
         if stored_status == status:
@@ -633,55 +1053,106 @@ class _OrderWriterBase:
 
     def _reject_span(self, start: int, end: int, reason: str) -> None:
         for index in range(start, end):
-            self.rejects.append((self.chunk.lines[index], reason, self.chunk.rows[index]))
+            self.rejects.append((int(self.chunk.batch.lines[index]), reason, self.chunk.batch.row(index)))
+
+    def _row_positions(self, positions: np.ndarray) -> np.ndarray:
+        """Row indexes of the lines of the given orders (positions in the chunk's order columns)."""
+        chunk = self.chunk
+        starts, ends = chunk.starts[positions], chunk.ends[positions]
+        lengths = ends - starts
+        offsets = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return np.repeat(starts, lengths) + offsets
 
 
 class PostgresOrderWriter(_OrderWriterBase):
-    """COPY into TEMP staging tables, then set-based inserts."""
+    """COPY straight into orders and order_lines when no order of the chunk is stored yet; else COPY
+    into a TEMP staging table, compare, and insert the new orders set-based."""
 
     ORDER_COLUMNS = ("order_id", "customer_id", "placed_at", "status", "total", "content_hash", "updated_at")
     LINE_COLUMNS = ("order_id", "line_no", "sku", "quantity", "unit_price")
 
+    def __init__(self, connection, chunk: OrderChunk, copy_directly: bool) -> None:
+        super().__init__(connection, chunk)
+        self.copy_directly = copy_directly
+        self.now_text = self.now.isoformat(sep=" ")
+
     def begin(self) -> None:
         bulk.tune_postgres_session(self.connection)
-        bulk.create_staging_table(self.cursor, "stage_orders", "orders", self.ORDER_COLUMNS)
-        now_text = self.now.isoformat(sep=" ")
-        escape = bulk.copy_escape
-        block = [
-            f"{escape(order_id)}\t{escape(customer_id)}\t{placed_at.isoformat(sep=' ')}\t{status}\t{total!r}\t"
-            f"{content_hash}\t{now_text}\n"
-            for order_id, customer_id, placed_at, status, total, content_hash in self.chunk.orders
+
+    def _orders_block(self, positions: np.ndarray | None = None) -> memoryview:
+        chunk = self.chunk
+        columns = [
+            _copy_escaped(chunk.order_order_ids), _copy_escaped(chunk.order_customer_ids), chunk.order_placed_texts,
+            chunk.order_statuses, pc.cast(pa.array(chunk.order_totals, pa.float64()), pa.string()),
+            pa.array(chunk.order_hashes, pa.string()), pa.array([self.now_text] * chunk.order_count, pa.string()),
         ]
-        bulk.copy_text_into(self.cursor, "stage_orders", self.ORDER_COLUMNS, ["".join(block)])
+        if positions is not None:
+            indexes = pa.array(positions)
+            columns = [column.take(indexes) for column in columns]
+        return _copy_block(columns)
 
-    def stored_orders(self) -> dict[str, tuple[str, str]]:
-        self.cursor.execute(
-            "SELECT o.order_id, o.content_hash, o.status FROM stage_orders s JOIN orders o ON o.order_id = s.order_id"
-        )
-        return {order_id: (content_hash, status) for order_id, content_hash, status in self.cursor.fetchall()}
-
-    def insert_new(self, new_positions: list[int]) -> None:
-        chunk, cursor = self.chunk, self.cursor
-        if len(new_positions) < len(chunk.orders):
-            keep = [chunk.orders[position][0] for position in new_positions]
-            cursor.execute("DELETE FROM stage_orders WHERE NOT (order_id = ANY(%s))", (keep,))
-        now_text = self.now.isoformat(sep=" ")
-        # Placeholders first: orders reference customers by foreign key.
+    def _placeholders(self, customer_ids: pa.Array, row_positions: np.ndarray) -> None:
+        """Placeholder customers and products for ids not stored yet (orders reference customers by foreign key)."""
+        cursor = self.cursor
+        customers = pc.unique(customer_ids)
+        bulk.create_staging_table(cursor, "stage_customer_ids", "customers", ("customer_id",))
+        bulk.copy_text_into(cursor, "stage_customer_ids", ("customer_id",), [_copy_block([_copy_escaped(customers)])])
         cursor.execute(
             "INSERT INTO customers (customer_id, community_member, opted_out, attributes, placeholder, "
             "paid_orders, net_spend, purchase_days, updated_at) "
-            "SELECT customer_id, false, false, '{}'::json, true, 0, 0, 0, %s::timestamp FROM (SELECT DISTINCT customer_id FROM stage_orders) AS named "
-            "ON CONFLICT (customer_id) DO NOTHING",
-            (now_text,),
+            "SELECT customer_id, false, false, '{}'::json, true, 0, 0, 0, %s::timestamp FROM stage_customer_ids "
+            "ORDER BY customer_id ON CONFLICT (customer_id) DO NOTHING",
+            (self.now_text,),
         )
-        skus = sorted({sku for position in new_positions for sku in _span_values(chunk.skus, chunk.spans[position])})
+        skus = pc.unique(self.chunk.skus.take(pa.array(row_positions)))
         bulk.create_staging_table(cursor, "stage_skus", "products", ("sku",))
-        bulk.copy_text_into(cursor, "stage_skus", ("sku",), ["".join(f"{bulk.copy_escape(sku)}\n" for sku in skus)])
+        bulk.copy_text_into(cursor, "stage_skus", ("sku",), [_copy_block([_copy_escaped(skus)])])
         cursor.execute(
             "INSERT INTO products (sku, name, price, active, repeat_purchase, placeholder, updated_at) "
-            "SELECT sku, sku, 0, false, false, true, %s::timestamp FROM stage_skus ON CONFLICT (sku) DO NOTHING",
-            (now_text,),
+            "SELECT sku, sku, 0, false, false, true, %s::timestamp FROM stage_skus ORDER BY sku "
+            "ON CONFLICT (sku) DO NOTHING",
+            (self.now_text,),
         )
+
+    def insert_all_new(self) -> bool:
+        if not self.copy_directly:
+            return False
+        chunk, cursor = self.chunk, self.cursor
+        all_positions = np.arange(chunk.order_count, dtype=np.int64)
+        rows = self._row_positions(all_positions)
+        # The primary key proves no order of the chunk was stored: the COPY fails on the first one
+        # that was, and the savepoint takes back everything since (placeholders included).
+        cursor.execute("SAVEPOINT copy_directly")
+        try:
+            self._placeholders(chunk.order_customer_ids, rows)
+            bulk.copy_text_into(cursor, "orders", self.ORDER_COLUMNS, [self._orders_block()])
+        except psycopg.errors.UniqueViolation:
+            cursor.execute("ROLLBACK TO SAVEPOINT copy_directly")
+            return False
+        cursor.execute("RELEASE SAVEPOINT copy_directly")
+        # Every order here was inserted by this transaction, so none of its lines can exist yet.
+        bulk.copy_text_into(cursor, "order_lines", self.LINE_COLUMNS, [self._lines_block(all_positions)])
+        self.copied_directly = True
+        return True
+
+    def stored_orders(self) -> dict[str, tuple[str, str]]:
+        cursor = self.cursor
+        bulk.create_staging_table(cursor, "stage_orders", "orders", self.ORDER_COLUMNS)
+        bulk.copy_text_into(cursor, "stage_orders", self.ORDER_COLUMNS, [self._orders_block()])
+        # Without statistics the planner takes the fresh temp table for empty and hash-joins it
+        # against the whole orders table: a cost that grows with every chunk already imported.
+        cursor.execute("ANALYZE stage_orders")
+        cursor.execute(
+            "SELECT o.order_id, o.content_hash, o.status FROM stage_orders s JOIN orders o ON o.order_id = s.order_id"
+        )
+        return {order_id: (content_hash, status) for order_id, content_hash, status in cursor.fetchall()}
+
+    def insert_new(self, new_positions: np.ndarray) -> None:
+        chunk, cursor = self.chunk, self.cursor
+        if len(new_positions) < chunk.order_count:
+            keep = chunk.order_order_ids.take(pa.array(new_positions)).to_pylist()
+            cursor.execute("DELETE FROM stage_orders WHERE NOT (order_id = ANY(%s))", (keep,))
+        self._placeholders(chunk.order_customer_ids.take(pa.array(new_positions)), self._row_positions(new_positions))
         cursor.execute(
             f"INSERT INTO orders ({', '.join(self.ORDER_COLUMNS)}) SELECT {', '.join(self.ORDER_COLUMNS)} "
             "FROM stage_orders ON CONFLICT (order_id) DO NOTHING"
@@ -694,43 +1165,44 @@ class PostgresOrderWriter(_OrderWriterBase):
         self.created += len(inserted_positions)
         # Every order here was inserted by this transaction, so none of its lines can exist yet:
         # the lines go straight into order_lines, without a staging table.
-        bulk.copy_text_into(cursor, "order_lines", self.LINE_COLUMNS, self._line_blocks(inserted_positions))
+        if len(inserted_positions):
+            bulk.copy_text_into(cursor, "order_lines", self.LINE_COLUMNS, [self._lines_block(inserted_positions)])
 
-    def _recheck_race(self, new_positions: list[int]) -> list[int]:
+    def _recheck_race(self, new_positions: np.ndarray) -> np.ndarray:
         chunk = self.chunk
-        ids = [chunk.orders[position][0] for position in new_positions]
+        order_ids, hashes, statuses = chunk.order_lists()
+        customer_ids = chunk.order_customer_ids.to_pylist()
+        ids = [order_ids[position] for position in new_positions.tolist()]
         self.cursor.execute(
             "SELECT order_id, content_hash, status, updated_at = %s FROM orders WHERE order_id = ANY(%s)",
             (self.now, ids),
         )
         found = {row[0]: row[1:] for row in self.cursor.fetchall()}
         ours = []
-        for position in new_positions:
-            order_id, customer_id, _placed, status, _total, content_hash = chunk.orders[position]
+        for position in new_positions.tolist():
+            order_id = order_ids[position]
             stored_hash, stored_status, mine = found[order_id]
             if mine:
                 ours.append(position)
                 continue
-            start, end = chunk.spans[position]
-            self._classify(order_id, customer_id, content_hash, status, (stored_hash, stored_status), start, end)
-        return ours
+            self.touched.discard(customer_ids[position])
+            start, end = int(chunk.starts[position]), int(chunk.ends[position])
+            self._classify(order_id, customer_ids[position], hashes[position], statuses[position],
+                           (stored_hash, stored_status), start, end)
+        return np.array(ours, dtype=np.int64)
 
-    def _line_blocks(self, positions: list[int]) -> Iterator[str]:
+    def _lines_block(self, positions: np.ndarray) -> memoryview:
+        """COPY text of the lines of the given orders."""
         chunk = self.chunk
-        escape = bulk.copy_escape
-        needs_escape = _any_needs_escape(chunk.order_ids) or _any_needs_escape(chunk.skus)
-        block: list[str] = []
-        for position in positions:
-            start, end = chunk.spans[position]
-            order_id = escape(chunk.order_ids[start]) if needs_escape else chunk.order_ids[start]
-            for line_no, index in enumerate(range(start, end), start=1):
-                sku = escape(chunk.skus[index]) if needs_escape else chunk.skus[index]
-                block.append(f"{order_id}\t{line_no}\t{sku}\t{chunk.quantities[index]}\t{chunk.prices[index]!r}\n")
-            if len(block) >= bulk.COPY_BLOCK_ROWS:
-                yield "".join(block)
-                block = []
-        if block:
-            yield "".join(block)
+        rows = pa.array(self._row_positions(positions))
+        columns = [
+            _copy_escaped(chunk.order_ids.take(rows)),
+            pc.cast(pa.array(chunk.line_numbers).take(rows), pa.string()),
+            _copy_escaped(chunk.skus.take(rows)),
+            pc.cast(pa.array(chunk.quantities).take(rows), pa.string()),
+            chunk.price_copy_texts.take(rows),
+        ]
+        return _copy_block(columns)
 
     def update_status(self, status: str, order_ids: list[str]) -> None:
         self.cursor.execute(
@@ -746,7 +1218,7 @@ class SqliteOrderWriter(_OrderWriterBase):
 
     def stored_orders(self) -> dict[str, tuple[str, str]]:
         stored: dict[str, tuple[str, str]] = {}
-        ids = [order[0] for order in self.chunk.orders]
+        ids = self.chunk.order_order_ids.to_pylist()
         for start in range(0, len(ids), 500):
             part = ids[start : start + 500]
             marks = ",".join("?" * len(part))
@@ -755,41 +1227,47 @@ class SqliteOrderWriter(_OrderWriterBase):
                 stored[order_id] = (content_hash, status)
         return stored
 
-    def insert_new(self, new_positions: list[int]) -> None:
+    def insert_new(self, new_positions: np.ndarray) -> None:
         chunk, cursor = self.chunk, self.cursor
         now_text = self.now.strftime(bulk.SQLITE_DATETIME_FORMAT)
-        customers = sorted({chunk.orders[position][1] for position in new_positions})
+        indexes = pa.array(new_positions)
+        customer_ids = chunk.order_customer_ids.take(indexes)
         cursor.executemany(
             "INSERT OR IGNORE INTO customers (customer_id, community_member, opted_out, attributes, placeholder, "
             "paid_orders, net_spend, purchase_days, updated_at) VALUES (?, 0, 0, '{}', 1, 0, 0, 0, ?)",
-            [(customer_id, now_text) for customer_id in customers],
+            [(customer_id, now_text) for customer_id in sorted(pc.unique(customer_ids).to_pylist())],
         )
-        skus = sorted({sku for position in new_positions for sku in _span_values(chunk.skus, chunk.spans[position])})
+        rows = self._row_positions(new_positions)
+        row_indexes = pa.array(rows)
+        line_skus = chunk.skus.take(row_indexes)
         cursor.executemany(
             "INSERT OR IGNORE INTO products (sku, name, price, active, repeat_purchase, placeholder, updated_at) "
             "VALUES (?, ?, 0, 0, 0, 1, ?)",
-            [(sku, sku, now_text) for sku in skus],
+            [(sku, sku, now_text) for sku in sorted(pc.unique(line_skus).to_pylist())],
         )
-        order_rows = []
-        line_rows = []
-        for position in new_positions:
-            order_id, customer_id, placed_at, status, total, content_hash = chunk.orders[position]
-            order_rows.append((order_id, customer_id, placed_at.strftime(bulk.SQLITE_DATETIME_FORMAT), status,
-                               total, content_hash, now_text))
-            start, end = chunk.spans[position]
-            for line_no, index in enumerate(range(start, end), start=1):
-                line_rows.append((order_id, line_no, chunk.skus[index], chunk.quantities[index], chunk.prices[index]))
+        positions = new_positions.tolist()
+        order_rows = zip(
+            chunk.order_order_ids.take(indexes).to_pylist(), customer_ids.to_pylist(),
+            chunk.order_placed_texts.take(indexes).to_pylist(), chunk.order_statuses.take(indexes).to_pylist(),
+            [chunk.order_totals[position] for position in positions],
+            [chunk.order_hashes[position] for position in positions],
+            itertools.repeat(now_text),
+        )
         # The write lock is held since begin(), so nothing was stored between the lookup and here.
         cursor.executemany(
             "INSERT INTO orders (order_id, customer_id, placed_at, status, total, content_hash, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             order_rows,
         )
+        line_rows = zip(
+            chunk.order_ids.take(row_indexes).to_pylist(), chunk.line_numbers[rows].tolist(), line_skus.to_pylist(),
+            chunk.quantities[rows].tolist(), chunk.prices[rows].tolist(),
+        )
         cursor.executemany(
             "INSERT INTO order_lines (order_id, line_no, sku, quantity, unit_price) VALUES (?, ?, ?, ?, ?)",
             line_rows,
         )
-        self.created += len(order_rows)
+        self.created += len(positions)
 
     def update_status(self, status: str, order_ids: list[str]) -> None:
         now_text = self.now.strftime(bulk.SQLITE_DATETIME_FORMAT)
@@ -797,16 +1275,6 @@ class SqliteOrderWriter(_OrderWriterBase):
             "UPDATE orders SET status = ?, updated_at = ? WHERE order_id = ?",
             [(status, now_text, order_id) for order_id in order_ids],
         )
-
-
-def _span_values(values: list, span: tuple[int, int]) -> list:
-    return values[span[0] : span[1]]
-
-
-def _any_needs_escape(values: list[str]) -> bool:
-    """True when some value holds a character COPY text format must escape (rare: checked once per chunk)."""
-    joined = "".join(values)
-    return "\\" in joined or "\t" in joined or "\n" in joined or "\r" in joined
 
 
 # ---- customers and products ----------------------------------------------------------------------

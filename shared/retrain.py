@@ -23,6 +23,7 @@ from services.segmentation.snapshot import (
 )
 from services.segmentation.tiers import TierRules
 from shared import runs
+from shared.errors import NotFound
 from shared.extensions import db, redis_store
 from shared.ingest import utcnow
 from shared.models import Customer, CustomerScore, Order, Run, TierHistory
@@ -32,6 +33,7 @@ log = logging.getLogger("segrec.retrain")
 SCORER_TTL_SECONDS = 86_400
 # Published runs whose score rows are kept (older ones are deleted; their cursors go stale).
 KEEP_PUBLISHED_RUNS = 3
+SCORE_STEP = "score_customers"
 
 
 class RetrainInProgress(Exception):
@@ -56,16 +58,68 @@ def _scorer_key(run_id: str) -> str:
 
 
 def begin_run(config: dict, as_of: datetime | None = None, trigger: str = "manual") -> Run:
-    """Create a run and take the lock, or raise RetrainInProgress naming the run under way."""
+    """Create a run and take the lock, or raise RetrainInProgress naming the run under way.
+
+    A lock whose holder has ended, or has shown no sign of life for RETRAIN_STALE_SECONDS (its
+    worker died), is taken over; the holder is marked failed so its leftovers never publish.
+    """
     as_of = as_of or utcnow()
     run = runs.create_run(as_of, trigger)
-    holder = runs.RunLock(config["RETRAIN_LOCK_SECONDS"]).acquire(run.run_id)
+    lock = runs.RunLock(config["RETRAIN_LOCK_SECONDS"])
+    holder = lock.acquire(run.run_id)
+    # Twice at most: another trigger may take over the same stale holder between our look and our move.
+    for _attempt in range(2):
+        if holder is None:
+            break
+        stale = stale_holder_reason(holder, config)
+        if stale is None:
+            break
+        if lock.take_over(holder, run.run_id):
+            log.warning("stale retrain lock taken over", extra={"run_id": run.run_id, "stale_run_id": holder,
+                                                                "reason": stale})
+            runs.finish_run(holder, "failed", f"{stale}; its lock was taken over by run {run.run_id}")
+            holder = None
+            break
+        holder = lock.acquire(run.run_id)
     if holder is not None:
         runs.update_run(run.run_id, status="rejected", reason=f"run {holder} was already under way",
                         finished_at=utcnow())
         raise RetrainInProgress(holder)
     runs.update_run(run.run_id, status="running", started_at=utcnow())
+    log.info("run started", extra={"run_id": run.run_id, "trigger": trigger, "as_of": as_of.isoformat()})
     return run
+
+
+def stale_holder_reason(holder: str, config: dict) -> str | None:
+    """Why the lock's holder is dead (ended, unknown, or silent too long), or None while it is alive."""
+    try:
+        run = runs.get_run(holder)
+    except NotFound:
+        return f"run {holder} holding the retrain lock has no record"
+    if run.status not in runs.ACTIVE_STATUSES:
+        return f"run {holder} had ended ({run.status}) without releasing the retrain lock"
+    silent = (utcnow() - runs.last_progress(run)).total_seconds()
+    if silent > config["RETRAIN_STALE_SECONDS"]:
+        return f"run {holder} showed no progress for {silent:.0f} s (its worker probably died)"
+    return None
+
+
+def still_running(run_id: str, config: dict) -> bool:
+    """True when a run's next task should do its work: the run is active and still holds the lock.
+
+    Renews the lock (re-taking it if Redis lost it in a restart). A run that lost the lock to
+    another run is failed here, so two runs never write at once.
+    """
+    run = runs.get_run(run_id)
+    if run.status not in runs.ACTIVE_STATUSES:
+        log.info("run has ended; task skipped", extra={"run_id": run_id, "status": run.status})
+        return False
+    holder = runs.RunLock(config["RETRAIN_LOCK_SECONDS"]).renew(run_id)
+    if holder != run_id:
+        runs.finish_run(run_id, "failed", f"lost the retrain lock to run {holder}")
+        log.error("run lost the retrain lock", extra={"run_id": run_id, "holder": holder})
+        return False
+    return True
 
 
 def step_snapshot(run_id: str, config: dict) -> list[tuple[str | None, str | None]]:
@@ -104,16 +158,25 @@ def step_score_shard(run_id: str, low: str | None, high: str | None) -> int:
         raise RuntimeError(f"the fitted scorer of run {run_id} is missing from Redis; refit")
     scorer: CustomerScorer | None = pickle.loads(payload)
     if scorer is None:
+        runs.record_step_progress(run_id, SCORE_STEP, shard_label(low, high))
         return 0
     frame = load_customer_frame(db.engine, run.as_of, scorer.window_days, low=low, high=high)
     previous = load_previous_tiers(db.engine, runs.current_run_id(), low, high)
     scores = scorer.transform(frame, previous)
-    return write_scores(db.engine, run_id, scores, low, high)
+    written = write_scores(db.engine, run_id, scores, low, high)
+    runs.record_step_progress(run_id, SCORE_STEP, shard_label(low, high))
+    log.info("shard scored", extra={"run_id": run_id, "low": low, "high": high, "rows": written})
+    return written
+
+
+def shard_label(low: str | None, high: str | None) -> str:
+    """A shard's customer-id range as text, e.g. 'c0100..c0200' ('' for an open end)."""
+    return f"{low or ''}..{high or ''}"
 
 
 def step_score_all(run_id: str, shards: list[tuple[str | None, str | None]]) -> int:
     """Score every shard in this process (the synchronous path)."""
-    with runs.timed_step(run_id, "score_customers") as info:
+    with runs.timed_step(run_id, SCORE_STEP) as info:
         written = sum(step_score_shard(run_id, low, high) for low, high in shards)
         info["rows"] = written
         info["detail"] = {"shards": len(shards)}
@@ -150,10 +213,37 @@ def segment_metrics(run_id: str) -> dict:
     return {"customers_scored": int(sum(tiers.values())), "tiers": tiers, "lifecycle": stages}
 
 
+def finish_scoring(run_id: str, shard_count: int) -> int:
+    """Close the fanned-out score step: its wall time from its recorded start, and the rows written."""
+    run = runs.get_run(run_id)
+    started_at = runs.step_started_at(run, SCORE_STEP) or run.started_at or utcnow()
+    rows = segment_metrics(run_id)["customers_scored"]
+    runs.record_step(run_id, SCORE_STEP, "succeeded", (utcnow() - started_at).total_seconds(), rows,
+                     {"shards": shard_count}, started_at=started_at)
+    log.info("step finished", extra={"run_id": run_id, "step": SCORE_STEP, "rows": rows})
+    return rows
+
+
 def step_evaluate_and_publish(run_id: str, config: dict) -> Run:
-    """Gate on evaluation against the current run, then publish atomically, or keep the current run."""
+    """Gate on evaluation against the current run, then publish atomically, or keep the current run.
+
+    Safe to repeat: a run already published only re-flips the recommendation pointer (the database
+    flip committed, the Redis one may not have), and an ended run is left as it is.
+    """
+    from services.recommend.training import publish_version, warm_cache
+
+    lock = runs.RunLock(config["RETRAIN_LOCK_SECONDS"])
+    run = runs.get_run(run_id)
+    if run.status == "published":
+        if runs.current_run_id() == run_id:
+            publish_version(run_id)
+        lock.release(run_id)
+        return run
+    if run.status not in runs.ACTIVE_STATUSES:
+        return run
     started = time.perf_counter()
-    metrics = dict(runs.get_run(run_id).metrics or {})
+    runs.start_step(run_id, "publish")
+    metrics = dict(run.metrics or {})
     metrics["segments"] = segment_metrics(run_id)
     current_id = runs.current_run_id()
     reason = None
@@ -163,19 +253,31 @@ def step_evaluate_and_publish(run_id: str, config: dict) -> Run:
     runs.update_run(run_id, metrics=metrics)
     if reason is not None:
         runs.record_step(run_id, "publish", "skipped", time.perf_counter() - started, detail={"reason": reason})
-        runs.update_run(run_id, status="rejected", reason=reason, finished_at=utcnow())
-        runs.RunLock(config["RETRAIN_LOCK_SECONDS"]).release(run_id)
+        runs.finish_run(run_id, "rejected", reason)
+        lock.release(run_id)
+        log.warning("run rejected", extra={"run_id": run_id, "reason": reason})
         return runs.get_run(run_id)
-    from services.recommend.training import publish_version, warm_cache
 
+    # The storefront's hot keys are read once before the flip (and the flip refuses a version whose
+    # catalogue is missing); tier history commits in the same transaction as the pointer.
     warm_cache(run_id)
-    record_tier_changes(run_id, current_id)
-    runs.publish(run_id)
+    if not runs.publish(run_id, lambda session, previous: record_tier_changes(run_id, previous, session)):
+        log.warning("run ended before its publish; not published", extra={"run_id": run_id})
+        return runs.get_run(run_id)
     publish_version(run_id)
     runs.record_step(run_id, "publish", "succeeded", time.perf_counter() - started)
-    runs.RunLock(config["RETRAIN_LOCK_SECONDS"]).release(run_id)
+    lock.release(run_id)
     prune_old_runs()
-    return runs.get_run(run_id)
+    published = runs.get_run(run_id)
+    log.info("run published", extra={"run_id": run_id, "seconds": run_seconds(published)})
+    return published
+
+
+def run_seconds(run: Run) -> float | None:
+    """Wall time of a run from its start to its end."""
+    if run.started_at is None or run.finished_at is None:
+        return None
+    return round((run.finished_at - run.started_at).total_seconds(), 3)
 
 
 def publish_gate_reason(current: dict, candidate: dict, tolerance: float) -> str | None:
@@ -192,8 +294,11 @@ def publish_gate_reason(current: dict, candidate: dict, tolerance: float) -> str
     return None
 
 
-def record_tier_changes(run_id: str, previous_run_id: str | None) -> int:
+def record_tier_changes(run_id: str, previous_run_id: str | None, session=None) -> int:
     """Append a tier-history row for each customer whose tier differs from the previous run's (in SQL)."""
+    if session is None:
+        with db.session() as own_session:
+            return record_tier_changes(run_id, previous_run_id, own_session)
     new = select(CustomerScore.customer_id, CustomerScore.tier).where(CustomerScore.run_id == run_id).subquery()
     old = select(CustomerScore.customer_id, CustomerScore.tier).where(
         CustomerScore.run_id == (previous_run_id or "")).subquery()
@@ -209,9 +314,8 @@ def record_tier_changes(run_id: str, previous_run_id: str | None) -> int:
         .where(or_(old.c.tier.is_(None), old.c.tier != new.c.tier))
     )
     columns = ["customer_id", "from_tier", "to_tier", "changed_at", "run_id"]
-    with db.session() as session:
-        result = session.execute(insert(TierHistory).from_select(columns, changed))
-        return result.rowcount
+    session.execute(delete(TierHistory).where(TierHistory.run_id == run_id))
+    return session.execute(insert(TierHistory).from_select(columns, changed)).rowcount
 
 
 def prune_old_runs() -> None:
@@ -229,11 +333,12 @@ def prune_old_runs() -> None:
             session.execute(delete(CustomerScore).where(CustomerScore.run_id == run_id))
 
 
-def fail_run(run_id: str, config: dict, error: BaseException) -> None:
+def fail_run(run_id: str, config: dict, error: BaseException | str) -> None:
     """Mark a run failed with its reason and release the lock; the current run keeps serving."""
-    reason = f"{type(error).__name__}: {error}"[:2000]
-    log.error("run failed", extra={"run_id": run_id, "reason": reason})
-    runs.update_run(run_id, status="failed", reason=reason, finished_at=utcnow())
+    reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    reason = reason[:2000]
+    if runs.finish_run(run_id, "failed", reason):
+        log.error("run failed", extra={"run_id": run_id, "reason": reason})
     runs.RunLock(config["RETRAIN_LOCK_SECONDS"]).release(run_id)
 
 

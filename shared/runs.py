@@ -54,6 +54,23 @@ def set_pointer(session, name: str, value: str) -> None:
 class RunLock:
     """A Redis lock with expiry so one retrain runs at a time across every beat and worker process."""
 
+    # Each operation is one Lua call, so a check and the write that depends on it cannot interleave.
+    _ACQUIRE = (
+        "if redis.call('set', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return ARGV[1] end "
+        "return redis.call('get', KEYS[1])"
+    )
+    _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+    _TAKE_OVER = (
+        "local holder = redis.call('get', KEYS[1]) "
+        "if holder == ARGV[1] or not holder then redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) return 1 end "
+        "return 0"
+    )
+    _RENEW = (
+        "local holder = redis.call('get', KEYS[1]) "
+        "if not holder or holder == ARGV[1] then redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2]) return ARGV[1] end "
+        "return holder"
+    )
+
     def __init__(self, timeout_seconds: int) -> None:
         self.timeout_seconds = timeout_seconds
 
@@ -63,16 +80,28 @@ class RunLock:
 
     def acquire(self, run_id: str) -> str | None:
         """Take the lock for run_id; returns the holder's run id when another run has it."""
-        client = redis_store.client
-        if client.set(self.key, run_id, nx=True, ex=self.timeout_seconds):
-            return None
-        holder = client.get(self.key)
-        return holder.decode() if holder else None
+        holder = _text(redis_store.client.eval(self._ACQUIRE, 1, self.key, run_id, self.timeout_seconds))
+        return None if holder == run_id else holder
+
+    def holder(self) -> str | None:
+        """The run id holding the lock, if any."""
+        return _text(redis_store.client.get(self.key))
+
+    def take_over(self, stale_holder: str, run_id: str) -> bool:
+        """Move the lock from a dead run to run_id, unless someone else moved it first."""
+        return bool(redis_store.client.eval(self._TAKE_OVER, 1, self.key, stale_holder, run_id, self.timeout_seconds))
+
+    def renew(self, run_id: str) -> str | None:
+        """Extend run_id's lock (re-taking it if Redis lost it); returns the run id now holding it."""
+        return _text(redis_store.client.eval(self._RENEW, 1, self.key, run_id, self.timeout_seconds))
 
     def release(self, run_id: str) -> None:
         """Release the lock if run_id still holds it (compare-and-delete in one Lua call)."""
-        script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
-        redis_store.client.eval(script, 1, self.key, run_id)
+        redis_store.client.eval(self._RELEASE, 1, self.key, run_id)
+
+
+def _text(value) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def create_run(as_of: datetime, trigger: str) -> Run:
@@ -101,17 +130,81 @@ def update_run(run_id: str, **values) -> None:
         session.execute(update(Run).where(Run.run_id == run_id).values(**values))
 
 
-def record_step(run_id: str, name: str, status: str, seconds: float, rows: int | None = None,
-                detail: dict | None = None) -> None:
-    """Append (or replace, on a retried step) one step's timing and row count."""
-    with db.session() as session:
-        run = session.get(Run, run_id, with_for_update=session.get_bind().dialect.name == "postgresql")
-        steps = [step for step in (run.steps or []) if step["name"] != name]
-        step = {"name": name, "status": status, "seconds": round(seconds, 3), "rows": rows}
+def record_step(run_id: str, name: str, status: str, seconds: float | None, rows: int | None = None,
+                detail: dict | None = None, started_at: datetime | None = None) -> None:
+    """Append (or replace, on a retried step) one step's status, timing and row count."""
+    now = utcnow()
+
+    def change(steps: list[dict]) -> list[dict]:
+        earlier = next((step for step in steps if step["name"] == name), {})
+        step = {"name": name, "status": status, "seconds": None if seconds is None else round(seconds, 3),
+                "rows": rows,
+                "started_at": (started_at.isoformat() if started_at else earlier.get("started_at", now.isoformat())),
+                "updated_at": now.isoformat()}
+        if status != "running":
+            step["finished_at"] = now.isoformat()
         if detail:
             step["detail"] = detail
-        steps.append(step)
-        run.steps = steps
+        return [other for other in steps if other["name"] != name] + [step]
+
+    _change_steps(run_id, change)
+
+
+def start_step(run_id: str, name: str, detail: dict | None = None) -> None:
+    """Record a step as running from now (its start is also a sign of life for stale-run detection)."""
+    record_step(run_id, name, "running", None, detail=detail, started_at=utcnow())
+
+
+def record_step_progress(run_id: str, name: str, done: str) -> None:
+    """Note that one part (e.g. a shard) of a running step is done; the step's detail lists the parts."""
+
+    def change(steps: list[dict]) -> list[dict]:
+        for step in steps:
+            if step["name"] == name and step["status"] == "running":
+                detail = dict(step.get("detail") or {})
+                detail["done"] = sorted(set(detail.get("done", [])) | {done})
+                step["detail"] = detail
+                step["updated_at"] = utcnow().isoformat()
+        return steps
+
+    _change_steps(run_id, change)
+
+
+def _change_steps(run_id: str, change) -> None:
+    """Rewrite a run's steps under a row lock, so concurrent shard tasks do not lose each other's updates."""
+    with db.session() as session:
+        run = _locked_run(session, run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id}", {"run_id": [run_id]})
+        run.steps = change([dict(step) for step in (run.steps or [])])
+
+
+def _locked_run(session, run_id: str) -> Run | None:
+    """Load a run for changing it, holding its row's write lock until the transaction ends.
+
+    The no-op UPDATE comes first because on SQLite a transaction that reads before it writes fails
+    with "database is locked" when another process wrote in between; a write first waits its turn
+    (busy timeout) instead. On PostgreSQL it locks the row like SELECT ... FOR UPDATE.
+    """
+    session.execute(update(Run).where(Run.run_id == run_id).values(status=Run.status))
+    return session.get(Run, run_id)
+
+
+def step_started_at(run: Run, name: str) -> datetime | None:
+    """When a run's step started, from its record."""
+    for step in run.steps or []:
+        if step["name"] == name and step.get("started_at"):
+            return datetime.fromisoformat(step["started_at"])
+    return None
+
+
+def last_progress(run: Run) -> datetime:
+    """The latest sign of life of a run: its start, or any step starting, advancing or finishing."""
+    moments = [run.created_at, run.started_at]
+    for step in run.steps or []:
+        moments += [datetime.fromisoformat(step[key]) for key in ("started_at", "updated_at", "finished_at")
+                    if step.get(key)]
+    return max(moment for moment in moments if moment is not None)
 
 
 @contextlib.contextmanager
@@ -119,6 +212,7 @@ def timed_step(run_id: str, name: str):
     """Time a step and record it; the body may set `info['rows']` and `info['detail']`."""
     info: dict = {"rows": None, "detail": None}
     started = time.perf_counter()
+    start_step(run_id, name)
     log.info("step started", extra={"run_id": run_id, "step": name})
     try:
         yield info
@@ -128,20 +222,49 @@ def timed_step(run_id: str, name: str):
         raise
     seconds = time.perf_counter() - started
     record_step(run_id, name, "succeeded", seconds, info["rows"], info["detail"])
-    log.info("step finished", extra={"run_id": run_id, "step": name, "seconds": round(seconds, 3)})
+    log.info("step finished", extra={"run_id": run_id, "step": name, "seconds": round(seconds, 3),
+                                     "rows": info["rows"]})
 
 
-def publish(run_id: str) -> None:
-    """Make run_id current in one transaction; the old current becomes the previous (for rollback)."""
+def finish_run(run_id: str, status: str, reason: str | None = None) -> bool:
+    """End an active run as failed or rejected (steps left running are marked failed); False if it had ended."""
     with db.session() as session:
+        run = _locked_run(session, run_id)
+        if run is None or run.status not in ACTIVE_STATUSES:
+            return False
+        now = utcnow()
+        steps = [dict(step) for step in (run.steps or [])]
+        for step in steps:
+            if step["status"] == "running":
+                step.update(status="failed", finished_at=now.isoformat())
+        run.steps = steps
+        run.status = status
+        run.reason = reason
+        run.finished_at = now
+    return True
+
+
+def publish(run_id: str, in_transaction=None) -> bool:
+    """Make run_id current in one transaction; the old current becomes the previous (for rollback).
+
+    `in_transaction(session, previous_run_id)` writes what must commit with the flip (tier history).
+    Returns False, changing nothing, when the run is no longer active (it failed or was taken over).
+    """
+    with db.session() as session:
+        run = _locked_run(session, run_id)
+        if run is None or run.status not in ACTIVE_STATUSES:
+            return False
         current = current_run_id(session)
+        if in_transaction is not None:
+            in_transaction(session, current)
         if current is not None and current != run_id:
             set_pointer(session, PREVIOUS_RUN, current)
         set_pointer(session, CURRENT_RUN, run_id)
         now = utcnow()
-        session.execute(
-            update(Run).where(Run.run_id == run_id).values(status="published", published_at=now, finished_at=now)
-        )
+        run.status = "published"
+        run.published_at = now
+        run.finished_at = now
+    return True
 
 
 def rollback() -> tuple[str, str]:
@@ -155,6 +278,8 @@ def rollback() -> tuple[str, str]:
         set_pointer(session, PREVIOUS_RUN, current)
         session.execute(update(Run).where(Run.run_id == current).values(
             status="rejected", reason="rolled back by an operator"))
+        # The run serving again was published before; a second rollback undoes the first.
+        session.execute(update(Run).where(Run.run_id == previous).values(status="published", reason=None))
     return current, previous
 
 

@@ -53,7 +53,7 @@ def run_stack(segmentation_port: int = 8001, recommend_port: int = 8002, demo_cu
         keys = _create_demo_keys(segrec, env)
         subprocess.run([segrec, "retrain", "--if-none-published"], env=env, check=True)
         processes = _start_processes(env, segmentation_port, recommend_port)
-        _print_welcome(keys, segmentation_port, recommend_port)
+        _print_welcome(keys, segmentation_port, recommend_port, _example_skus(config["DATABASE_URL"]))
         _wait(processes)
     finally:
         _stop(processes)
@@ -93,7 +93,28 @@ def _start_processes(env: dict, segmentation_port: int, recommend_port: int) -> 
     return [subprocess.Popen(command, env=api_env, cwd=REPO_ROOT) for command in commands]
 
 
-def _print_welcome(keys: dict[str, str], segmentation_port: int, recommend_port: int) -> None:
+def _example_skus(database_url: str) -> dict[str, str]:
+    """A phone and a tea from the catalogue, for the example calls (demo shop names; any sku otherwise)."""
+    from sqlalchemy import select
+
+    from shared.extensions import db
+    from shared.models import Product
+
+    db.configure(database_url)
+    examples = {}
+    with db.session() as session:
+        for label, pattern in (("phone", "Smartphone%"), ("tea", "Green tea%")):
+            sku = session.execute(select(Product.sku).where(Product.name.like(pattern)).order_by(Product.sku)
+                                  .limit(1)).scalar_one_or_none()
+            if sku is None:
+                sku = session.execute(select(Product.sku).order_by(Product.sku).limit(1)).scalar_one_or_none()
+            examples[label] = sku or "SKU000001"
+    db.dispose()
+    return examples
+
+
+def _print_welcome(keys: dict[str, str], segmentation_port: int, recommend_port: int,
+                   examples: dict[str, str]) -> None:
     seg = f"http://127.0.0.1:{segmentation_port}"
     rec = f"http://127.0.0.1:{recommend_port}"
     lines = [
@@ -105,9 +126,9 @@ def _print_welcome(keys: dict[str, str], segmentation_port: int, recommend_port:
         f"  curl -s {seg}/readyz",
         f"  curl -s -H 'Authorization: Bearer {keys['demo-ops']}' {seg}/v1/segments",
         f"  curl -s -H 'Authorization: Bearer {keys['demo-ops']}' '{seg}/v1/segments/tier/gold/members?limit=5'",
-        f"  curl -s -H 'Authorization: Bearer {keys['demo-storefront']}' {rec}/v1/items/PHN-001/bought-together",
+        f"  curl -s -H 'Authorization: Bearer {keys['demo-storefront']}' {rec}/v1/items/{examples['phone']}/bought-together",
         f"  curl -s -H 'Authorization: Bearer {keys['demo-storefront']}' -H 'Content-Type: application/json' "
-        f"-d '{{\"items\":[{{\"sku\":\"TEA-001\",\"quantity\":2}}]}}' {rec}/v1/cart/recommendations",
+        f"-d '{{\"items\":[{{\"sku\":\"{examples['tea']}\",\"quantity\":2}}]}}' {rec}/v1/cart/recommendations",
         f"  open {seg}/docs and {rec}/docs",
         "",
         "Ctrl-C stops everything.",

@@ -6,6 +6,7 @@ Each `register_*` helper is small so an app factory reads as a list of what the 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -282,6 +283,16 @@ def record_id(record: object, id_field: str) -> str | None:
         if value is not None:
             return str(value)[:64]
     return None
+
+
+def json_response(payload: dict, status: int = 200) -> Response:
+    """A JSON response built directly, skipping schema serialization on hot read paths.
+
+    flask-smorest passes a Response through untouched, so the view keeps its @blp.response schema for
+    the OpenAPI document while the storefront's hottest endpoints avoid marshmallow's per-field dump.
+    The payload must already be plain JSON types, shaped as that schema says (a test checks it).
+    """
+    return Response(json.dumps(payload, separators=(",", ":")), status=status, mimetype="application/json")
 
 
 def run_batch(batch: RecordBatch, id_field: str, write) -> dict:

@@ -132,8 +132,13 @@ def segmentation_app(app_config):
 @pytest.fixture
 def recommend_app(app_config):
     from services.recommend.app import create_app
+    from services.recommend.views.recommendations import recommender
 
-    return create_app(app_config)
+    app = create_app(app_config)
+    # The web tier caches the model version and promotions per process; each test has its own Redis prefix.
+    recommender.reset()
+    yield app
+    recommender.reset()
 
 
 @pytest.fixture

@@ -56,6 +56,9 @@ from sklearn.exceptions import NotFittedError
 from services.recommend.popularity import decay_weights
 
 
+QUANTISATION_STEPS = 2**32 - 1
+
+
 class InvalidBasketsError(ValueError):
     """Raised when the basket matrix or its companion arrays are malformed."""
 
@@ -80,13 +83,33 @@ def _binary_csr(baskets) -> sp.csr_matrix:
 
 
 def _top_n_per_row(rows, cols, values, n):
-    """Keep the n largest values of every row (ties: lower column first); returns a mask in sorted order."""
-    order = np.lexsort((cols, -values, rows))
+    """Keep the n largest values of every row (ties: lower column first); returns indices in sorted order.
+
+    One stable sort of a 64-bit key (row in the high half, the value's descending rank quantised to 32
+    bits in the low half) replaces a three-key lexsort, which was the slowest step of nightly training.
+    Entries come (row, column)-ordered, so the stable sort keeps lower columns first among equal values.
+    Values closer than 2**-32 of the value range may swap: immaterial for a ranking.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    if rows.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    position = np.arange(rows.size)
+    in_row_column_order = bool(np.all((rows[1:] > rows[:-1]) | ((rows[1:] == rows[:-1]) & (cols[1:] > cols[:-1]))))
+    if not in_row_column_order:
+        position = np.lexsort((cols, rows))
+        rows, values = rows[position], values[position]
+    lowest, highest = values.min(), values.max()
+    spread = (highest - lowest) or 1.0
+    quantised = np.floor((values - lowest) / spread * QUANTISATION_STEPS).astype(np.uint64)
+    key = (rows.astype(np.uint64) << np.uint64(32)) | (np.uint64(QUANTISATION_STEPS) - quantised)
+    order = np.argsort(key, kind="stable")
     sorted_rows = rows[order]
     # Rank inside each row = position minus the position where the row starts.
-    row_starts = np.searchsorted(sorted_rows, sorted_rows, side="left")
-    rank = np.arange(sorted_rows.size) - row_starts
-    return order[rank < n]
+    starts = np.flatnonzero(np.r_[True, sorted_rows[1:] != sorted_rows[:-1]])
+    lengths = np.diff(np.r_[starts, sorted_rows.size])
+    rank = np.arange(sorted_rows.size) - np.repeat(starts, lengths)
+    return position[order[rank < n]]
 
 
 class CoPurchaseModel(BaseEstimator):

@@ -15,18 +15,46 @@ import uuid
 from datetime import datetime, timezone
 
 import numpy as np
+from cachetools import LRUCache
 from sqlalchemy import select
 
 from services.recommend.addons import best_threshold_gap, suggest_add_ons
 from services.recommend.crosssell import merge_neighbor_lists, select_cart_items
-from services.recommend.store import Catalogue, ListReader
+from services.recommend.store import Catalogue, CustomerLists, ListReader, decode_customer_lists
 from shared.extensions import db
 from shared.models import Promotion
 
 # At most this many distinct cart lines are looked at: a 500-item cart costs the same as a 100-item one.
 MAX_CART_LINES = 100
-ADD_ON_CANDIDATES = 300
+# Add-ons are searched among the items most related to the cart; pairs among the closest of those.
+ADD_ON_CANDIDATES = 120
+ADD_ON_PAIR_CANDIDATES = 60
 PROMOTION_CACHE_SECONDS = 30.0
+
+
+NEIGHBOUR_CACHE_ENTRIES = 20_000
+_MISSING = object()
+
+
+class Neighbours:
+    """One item's stored neighbour list as arrays: items, scores, and orders bought together."""
+
+    __slots__ = ("items", "scores", "together")
+
+    def __init__(self, items: np.ndarray, scores: np.ndarray, together: list[int]) -> None:
+        self.items = items
+        self.scores = scores
+        self.together = together
+
+    @classmethod
+    def from_payload(cls, payload: bytes | str) -> Neighbours:
+        """Parse the JSON [[item, score, together], ...] that training wrote."""
+        rows = json.loads(payload)
+        return cls(
+            np.asarray([row[0] for row in rows], dtype=np.int64),
+            np.asarray([row[1] for row in rows], dtype=float),
+            [row[2] for row in rows],
+        )
 
 
 class Request:
@@ -95,6 +123,26 @@ def _popular_items(catalogue: Catalogue, allowed: np.ndarray, limit: int, ranked
     return items
 
 
+def _strongest_anchor(anchor_lists: list) -> dict[int, tuple[int, int]]:
+    """For each suggested item, the cart item whose list scores it highest: item -> (anchor, orders together)."""
+    strongest: dict[int, tuple[int, int]] = {}
+    best_scores: dict[int, float] = {}
+    for anchor, neighbours in anchor_lists:
+        for item, score, together in zip(neighbours.items.tolist(), neighbours.scores.tolist(), neighbours.together):
+            if score > best_scores.get(item, 0.0):
+                best_scores[item] = score
+                strongest[item] = (anchor, together)
+    return strongest
+
+
+def _cart_reason(catalogue: Catalogue, item: int, strongest: dict[int, tuple[int, int]]) -> str:
+    """Name the cart item that lifts `item` most, or say it is a best seller."""
+    if item in strongest:
+        anchor, together = strongest[item]
+        return f"goes with {catalogue.names[anchor]} in your cart: bought together in {together} orders"
+    return f"one of our best sellers: in {int(catalogue.orders[item])} orders"
+
+
 class Recommender:
     """The storefront's recommendation calls over one ListReader."""
 
@@ -103,6 +151,37 @@ class Recommender:
         self._promotions: list[dict] = []
         self._promotions_loaded = 0.0
         self._promotions_lock = threading.Lock()
+        # Parsed neighbour lists of hot items; a version's lists never change, so no expiry is needed.
+        self._neighbours: LRUCache = LRUCache(maxsize=NEIGHBOUR_CACHE_ENTRIES)
+        self._neighbours_lock = threading.Lock()
+
+    def reset(self) -> None:
+        """Forget cached promotions and the reader's cached model (tests)."""
+        self.reader.reset()
+        self._promotions = []
+        self._promotions_loaded = 0.0
+        with self._neighbours_lock:
+            self._neighbours.clear()
+
+    def neighbours(self, version: str, skus: list[str]) -> tuple[list[Neighbours | None], str | None]:
+        """Parsed neighbour lists of several items (None for an item without one), and any fallback used."""
+        found: dict[str, Neighbours | None] = {}
+        with self._neighbours_lock:
+            for sku in skus:
+                cached = self._neighbours.get((version, sku), _MISSING)
+                if cached is not _MISSING:
+                    found[sku] = cached
+        missing = [sku for sku in skus if sku not in found]
+        fallback = None
+        if missing:
+            payloads, fallback = self.reader.get_lists(version, "nb", missing)
+            parsed = [Neighbours.from_payload(payload) if payload else None for payload in payloads]
+            found.update(zip(missing, parsed))
+            if fallback is None:
+                with self._neighbours_lock:
+                    for sku, neighbours in zip(missing, parsed):
+                        self._neighbours[(version, sku)] = neighbours
+        return [found[sku] for sku in skus], fallback
 
     def _model(self) -> tuple[Catalogue | None, str | None]:
         version, fallback = self.reader.version()
@@ -123,15 +202,18 @@ class Recommender:
             allowed = _allowed_mask(catalogue, request, [])
             return _answer(_popular_items(catalogue, allowed, request.limit), catalogue.version,
                            _combine_fallbacks(fallback, "popular:unknown_item"))
-        payloads, list_fallback = self.reader.get_lists(catalogue.version, "nb", [sku])
+        (neighbours,), list_fallback = self.neighbours(catalogue.version, [sku])
         allowed = _allowed_mask(catalogue, request, [anchor])
         items = []
         anchor_name = catalogue.names[anchor]
-        for item, score, together in json.loads(payloads[0]) if payloads[0] else []:
-            if allowed[item]:
-                items.append(_item(catalogue, item, score, f"bought together with {anchor_name} in {together} orders"))
-                if len(items) >= request.limit:
-                    break
+        if neighbours is not None:
+            for item, score, together in zip(neighbours.items.tolist(), neighbours.scores.tolist(),
+                                             neighbours.together):
+                if allowed[item]:
+                    items.append(_item(catalogue, item, score,
+                                       f"bought together with {anchor_name} in {together} orders"))
+                    if len(items) >= request.limit:
+                        break
         used = _combine_fallbacks(fallback, list_fallback)
         if not items:
             same_category = Request(request.limit, request.category or catalogue.categories[anchor] or None,
@@ -167,11 +249,11 @@ class Recommender:
         used = _combine_fallbacks(fallback, list_fallback, None if bundles else "none:no_bundle")
         return _answer([], catalogue.version, used, bundles=bundles)
 
-    def _customer(self, catalogue: Catalogue, customer_id: str | None) -> tuple[dict | None, str | None]:
+    def _customer(self, catalogue: Catalogue, customer_id: str | None) -> tuple[CustomerLists | None, str | None]:
         if not customer_id:
             return None, None
         payloads, fallback = self.reader.get_lists(catalogue.version, "cust", [customer_id])
-        return (json.loads(payloads[0]) if payloads[0] else None), fallback
+        return (decode_customer_lists(payloads[0]) if payloads[0] else None), fallback
 
     def cart(self, customer_id: str | None, lines: list[dict], request: Request) -> dict:
         """Cross-sell for a cart, and add-ons that close the gap to the best unreached promotion."""
@@ -190,43 +272,29 @@ class Recommender:
         customer, customer_fallback = self._customer(catalogue, customer_id)
         skip = set(quantities)
         if customer:
-            skip.update(customer["bought"])
+            skip.update(customer.bought.tolist())
         allowed = _allowed_mask(catalogue, request, skip)
 
         anchors = select_cart_items(cart_items, catalogue.informativeness, catalogue.max_cart_items)
         anchor_skus = [catalogue.skus[item] for item in anchors]
-        payloads, list_fallback = self.reader.get_lists(catalogue.version, "nb", anchor_skus)
+        anchor_lists, list_fallback = self.neighbours(catalogue.version, anchor_skus)
         lists = [(catalogue.popular_items, catalogue.popular_scores, catalogue.popularity_weight)]
-        best_anchor: dict[int, tuple[float, int, int]] = {}
-        for anchor, payload in zip(anchors, payloads):
-            if not payload:
-                continue
-            rows = json.loads(payload)
-            items = np.asarray([row[0] for row in rows], dtype=np.int64)
-            scores = np.asarray([row[1] for row in rows], dtype=float)
-            lists.append((items, scores, 1.0))
-            for item, score, together in rows:
-                if score > best_anchor.get(item, (0.0, 0, 0))[0]:
-                    best_anchor[item] = (score, int(anchor), together)
+        anchor_lists = [(int(anchor), neighbours) for anchor, neighbours in zip(anchors, anchor_lists) if neighbours]
+        for _anchor, neighbours in anchor_lists:
+            lists.append((neighbours.items, neighbours.scores, 1.0))
         blocked = np.flatnonzero(~allowed)
         merged_items, merged_scores = merge_neighbor_lists(lists, ADD_ON_CANDIDATES, exclude=blocked)
 
+        strongest = _strongest_anchor(anchor_lists)
         cross_sell = []
-        for item, score in zip(merged_items[: request.limit], merged_scores[: request.limit]):
-            cross_sell.append(_item(catalogue, int(item), score, self._cart_reason(catalogue, int(item), best_anchor)))
+        for item, score in zip(merged_items[: request.limit].tolist(), merged_scores[: request.limit].tolist()):
+            cross_sell.append(_item(catalogue, item, score, _cart_reason(catalogue, item, strongest)))
         add_ons = self._add_ons(catalogue, quantities, merged_items, merged_scores, allowed)
         used = _combine_fallbacks(fallback, customer_fallback, list_fallback,
                                   "popular:empty_cart" if not len(cart_items) else None,
                                   "popular:unknown_items" if unknown and not len(cart_items) else None)
         return _answer(cross_sell, catalogue.version, used, cross_sell=cross_sell, add_ons=add_ons,
                        unknown_skus=unknown)
-
-    @staticmethod
-    def _cart_reason(catalogue: Catalogue, item: int, best_anchor: dict) -> str:
-        if item in best_anchor:
-            _score, anchor, together = best_anchor[item]
-            return f"goes with {catalogue.names[anchor]} in your cart: bought together in {together} orders"
-        return f"one of our best sellers: in {int(catalogue.orders[item])} orders"
 
     def _add_ons(self, catalogue: Catalogue, quantities: dict[int, int], merged_items, merged_scores,
                  allowed: np.ndarray) -> dict | None:
@@ -246,11 +314,9 @@ class Recommender:
         if target["category"]:
             in_scope = np.asarray([catalogue.categories[item] == target["category"] for item in candidates], bool)
             candidates, affinity = candidates[in_scope], affinity[in_scope]
-        margin = np.where(catalogue.prices > 0, 1.0 - catalogue.costs / np.where(catalogue.prices > 0,
-                                                                                 catalogue.prices, 1.0), np.nan)
         suggestions = suggest_add_ons(
-            target["gap"], candidates, catalogue.prices, affinity, margin, n=5, saving=target["saving"],
-            item_names=catalogue.names,
+            target["gap"], candidates, catalogue.prices, affinity, catalogue.margins, n=5, saving=target["saving"],
+            max_pair_candidates=ADD_ON_PAIR_CANDIDATES, item_names=catalogue.names,
         ) or []
         return {
             "promotion_id": target["promotion_id"],
@@ -304,12 +370,12 @@ class Recommender:
         if catalogue is None:
             return _answer([], None, fallback)
         customer, customer_fallback = self._customer(catalogue, customer_id)
-        skip = customer["bought"] if customer else []
+        skip = customer.bought if customer else []
         allowed = _allowed_mask(catalogue, request, skip)
         used = _combine_fallbacks(fallback, customer_fallback)
         items = []
         if customer:
-            for item, score in customer["for_you"]:
+            for item, score in zip(customer.for_you.tolist(), customer.scores.tolist()):
                 if allowed[item]:
                     items.append(_item(catalogue, item, score, "picked for you from what you and similar "
                                                                "shoppers buy"))
@@ -317,10 +383,10 @@ class Recommender:
                         break
         if items:
             return _answer(items, catalogue.version, used)
-        if customer and customer.get("tier") in catalogue.tier_popular:
-            items = _popular_items(catalogue, allowed, request.limit, catalogue.tier_popular[customer["tier"]], "tier")
+        if customer and customer.tier in catalogue.tier_popular:
+            items = _popular_items(catalogue, allowed, request.limit, catalogue.tier_popular[customer.tier], "tier")
             if items:
-                return _answer(items, catalogue.version, _combine_fallbacks(used, f"popular_in_tier:{customer['tier']}"))
+                return _answer(items, catalogue.version, _combine_fallbacks(used, f"popular_in_tier:{customer.tier}"))
         if customer:
             return _answer(_popular_items(catalogue, allowed, request.limit), catalogue.version,
                            _combine_fallbacks(used, "popular"))

@@ -16,18 +16,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import redis
+from cachetools import LRUCache
 from sqlalchemy import select
 
 from shared.extensions import db, redis_store
 from shared.models import RecommendationList
 
 log = logging.getLogger("segrec.recommend.store")
+_MISSING = object()
 
 VERSION_POINTER = ("recs", "current")
 DATABASE_POINTER = "recs_model"
 # Lists outlive two missed nights comfortably; a version nobody publishes expires by itself.
 MODEL_TTL_SECONDS = 14 * 86_400
 POINTER_RECHECK_SECONDS = 1.0
+# Lists of a version never change, so hot ones are kept in the worker: a product page view of a
+# best seller then costs no Redis round trip at all.
+LIST_CACHE_ENTRIES = 20_000
 REDIS_RETRY_AFTER_SECONDS = 5.0
 
 
@@ -35,6 +40,56 @@ def list_key(version: str, kind: str, key: str | None = None) -> str:
     """Redis key of one list of a model version."""
     parts = ["recs", version, kind] if key is None else ["recs", version, kind, key]
     return redis_store.key(*parts)
+
+
+# Per-customer lists are many (one per customer), so they are packed, not JSON: a header of
+# (tier code, number of for-you slots) as two uint8, then the for-you items (int32) and their
+# scores (float32), then the non-repeat items the customer already bought (int32), little-endian.
+CUSTOMER_TIERS = ("regular", "silver", "gold", "black")
+UNKNOWN_TIER = 255
+CUSTOMER_HEADER = np.dtype([("tier", "u1"), ("slots", "u1")])
+
+
+@dataclass(frozen=True)
+class CustomerLists:
+    """One customer's precomputed lists: for-you items with scores, items bought before, tier."""
+
+    for_you: np.ndarray
+    scores: np.ndarray
+    bought: np.ndarray
+    tier: str | None
+
+
+def encode_customer_lists(tier_codes: np.ndarray, for_you: np.ndarray, scores: np.ndarray,
+                          bought_indptr: np.ndarray, bought_indices: np.ndarray) -> list[bytes]:
+    """Pack every customer's lists; for_you/scores are (customers, slots) with -1 padding at the end."""
+    customers, slots = for_you.shape
+    header = np.empty(customers, dtype=CUSTOMER_HEADER)
+    header["tier"] = tier_codes
+    header["slots"] = slots
+    fixed = np.concatenate(
+        [header.view(np.uint8).reshape(customers, 2),
+         for_you.astype("<i4").view(np.uint8).reshape(customers, slots * 4),
+         scores.astype("<f4").view(np.uint8).reshape(customers, slots * 4)],
+        axis=1,
+    ).tobytes()
+    width = 2 + slots * 8
+    bought = bought_indices.astype("<i4").tobytes()
+    return [
+        fixed[row * width:(row + 1) * width] + bought[bought_indptr[row] * 4:bought_indptr[row + 1] * 4]
+        for row in range(customers)
+    ]
+
+
+def decode_customer_lists(payload: bytes) -> CustomerLists:
+    """Unpack one customer's lists (the padding of the for-you slots is dropped)."""
+    tier_code, slots = payload[0], payload[1]
+    for_you = np.frombuffer(payload, dtype="<i4", count=slots, offset=2)
+    scores = np.frombuffer(payload, dtype="<f4", count=slots, offset=2 + slots * 4)
+    bought = np.frombuffer(payload, dtype="<i4", offset=2 + slots * 8)
+    filled = for_you >= 0
+    tier = CUSTOMER_TIERS[tier_code] if tier_code < len(CUSTOMER_TIERS) else None
+    return CustomerLists(for_you[filled].astype(np.int64), scores[filled].astype(float), bought.astype(np.int64), tier)
 
 
 def set_database_version(version: str) -> None:
@@ -75,6 +130,7 @@ class Catalogue:
     tier_popular: dict
     index: dict[str, int] = field(default_factory=dict)
     sellable: np.ndarray | None = None
+    margins: np.ndarray | None = None
 
     @classmethod
     def from_payload(cls, version: str, payload: bytes | str) -> Catalogue:
@@ -103,6 +159,10 @@ class Catalogue:
         )
         catalogue.index = {sku: position for position, sku in enumerate(catalogue.skus)}
         catalogue.sellable = catalogue.active & catalogue.in_stock
+        priced = catalogue.prices > 0
+        # Gross margin per item; NaN where the cost is unknown (add-on ranking then uses the median).
+        catalogue.margins = np.full(len(catalogue.skus), np.nan)
+        catalogue.margins[priced] = 1.0 - catalogue.costs[priced] / catalogue.prices[priced]
         return catalogue
 
 
@@ -115,6 +175,18 @@ class ListReader:
         self._version_checked = 0.0
         self._catalogues: dict[str, Catalogue] = {}
         self._redis_down_until = 0.0
+        self._lists: LRUCache = LRUCache(maxsize=LIST_CACHE_ENTRIES)
+        self._lists_lock = threading.Lock()
+
+    def reset(self) -> None:
+        """Forget the cached version, catalogues and Redis health (tests, and after reconfiguring Redis)."""
+        with self._lock:
+            self._version = None
+            self._version_checked = 0.0
+            self._catalogues.clear()
+            self._redis_down_until = 0.0
+        with self._lists_lock:
+            self._lists.clear()
 
     # ---- Redis health: after a failure, skip Redis for a few seconds instead of timing out per request.
 
@@ -176,9 +248,35 @@ class ListReader:
     # ---- lists
 
     def get_lists(self, version: str, kind: str, keys: list[str]) -> tuple[list, str | None]:
-        """Payloads (bytes or None) of several lists of one kind, and the fallback used if any."""
+        """Payloads (bytes or None) of several lists of one kind, and the fallback used if any.
+
+        Shared lists (neighbours, bundles) come from the worker's cache when they can; per-customer
+        lists are read each time (there are too many customers to cache, and each is read rarely).
+        """
         if not keys:
             return [], None
+        cacheable = kind != "cust"
+        found: dict[str, bytes | None] = {}
+        if cacheable:
+            with self._lists_lock:
+                for key in keys:
+                    cached = self._lists.get((version, kind, key), _MISSING)
+                    if cached is not _MISSING:
+                        found[key] = cached
+        missing = [key for key in keys if key not in found]
+        fallback = None
+        if missing:
+            payloads, fallback = self._fetch(version, kind, missing)
+            for key, payload in zip(missing, payloads):
+                found[key] = payload
+            # Only answers from Redis are cached: a database answer during an outage is re-read later.
+            if cacheable and fallback is None:
+                with self._lists_lock:
+                    for key, payload in zip(missing, payloads):
+                        self._lists[(version, kind, key)] = payload
+        return [found[key] for key in keys], fallback
+
+    def _fetch(self, version: str, kind: str, keys: list[str]) -> tuple[list, str | None]:
         if self.redis_available():
             redis_keys = [list_key(version, kind) if key == "-" else list_key(version, kind, key) for key in keys]
             try:

@@ -8,6 +8,7 @@ of the shared lists for Redis outages). `publish_version` flips the one pointer 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -25,7 +26,15 @@ from services.recommend.crosssell import recommend_for_cart
 from services.recommend.evaluation import evaluate_against_popularity, split_and_cases
 from services.recommend.foryou import ForYouModel
 from services.recommend.popularity import popularity_by_group, trending_scores
-from services.recommend.store import MODEL_TTL_SECONDS, VERSION_POINTER, list_key, set_database_version
+from services.recommend.store import (
+    CUSTOMER_TIERS,
+    MODEL_TTL_SECONDS,
+    UNKNOWN_TIER,
+    VERSION_POINTER,
+    encode_customer_lists,
+    list_key,
+    set_database_version,
+)
 from shared.extensions import db, redis_store
 from shared.frames import read_frame, write_frame
 from shared.models import RecommendationList
@@ -229,7 +238,7 @@ def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
     trending = (trending_scores(data.baskets, data.basket_times) if data.baskets.shape[0]
                 else np.zeros(data.n_items))
     tier_popular, customer_tiers = _tier_popularity(data)
-    for_you_payloads = _for_you_payloads(data, catalogue, customer_tiers)
+    customer_payloads = _customer_payloads(data, catalogue, customer_tiers)
     timings["for_you"] = time.perf_counter() - step
 
     step = time.perf_counter()
@@ -240,7 +249,8 @@ def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
     catalogue_payload = _catalogue_payload(catalogue, model, abc, trending, tier_popular, item_counts)
     neighbour_payloads = _neighbour_payloads(model, skus)
     bundle_payloads = _bundle_payloads(bundles, skus)
-    write_version(run_id, catalogue_payload, neighbour_payloads, bundle_payloads, for_you_payloads)
+    write_version(run_id, catalogue_payload, neighbour_payloads, bundle_payloads,
+                  zip(data.customer_ids, customer_payloads))
     timings["stage"] = time.perf_counter() - step
     return {
         "model_version": run_id,
@@ -272,51 +282,52 @@ def _bundle_payloads(bundles: list, skus: np.ndarray) -> dict[str, str]:
     return {sku: json.dumps(entries, separators=(",", ":")) for sku, entries in by_anchor.items()}
 
 
-def _for_you_payloads(data: TrainingData, catalogue: pd.DataFrame, customer_tiers: dict) -> dict[str, str]:
-    """customer id -> JSON {for_you: [[item, score]...], bought: [non-repeat items bought], tier}."""
+def _customer_payloads(data: TrainingData, catalogue: pd.DataFrame, customer_tiers: dict) -> list[bytes]:
+    """Packed per-customer lists (store.encode_customer_lists), in data.customer_ids order."""
     if len(data.customer_ids) == 0:
-        return {}
-    model = ForYouModel().fit(data.customer_items)
+        return []
+    # 20 neighbours and 20 backfill candidates per customer keep 1M customers within the nightly budget;
+    # on the groceries next-basket holdout the default 50/50 was no better (tests/perf/groceries_eval.py).
+    model = ForYouModel(n_neighbors=20, n_backfill=20).fit(data.customer_items)
     repeat = catalogue["repeat_purchase"].to_numpy()
     # Items bought before are only suggested again when they are bought again by nature (consumables).
     bought_once_only = data.customer_items.multiply(sp.csr_matrix(~repeat, dtype=np.float32)).tocsr()
     bought_once_only.eliminate_zeros()
+    bought_once_only.sort_indices()
+    items, scores = model.recommend_all(FOR_YOU_STORED, exclude=bought_once_only)
+    # Inactive items and placeholders are dropped here; stock is checked again when serving.
     unavailable = ~(catalogue["active"] & ~catalogue["placeholder"]).to_numpy()
-    exclude = bought_once_only.copy()
-    items, scores = model.recommend_all(FOR_YOU_STORED, exclude=exclude)
-    payloads = {}
-    for row, customer_id in enumerate(data.customer_ids):
-        keep = (items[row] >= 0)
-        picks = items[row][keep]
-        picks_scores = scores[row][keep]
-        available = ~unavailable[picks]
-        bought = bought_once_only.indices[bought_once_only.indptr[row]:bought_once_only.indptr[row + 1]]
-        payloads[customer_id] = json.dumps(
-            {
-                "for_you": [[int(item), round(float(score), 5)]
-                            for item, score in zip(picks[available], picks_scores[available])],
-                "bought": [int(item) for item in bought],
-                "tier": customer_tiers.get(customer_id, "regular"),
-            },
-            separators=(",", ":"),
-        )
-    return payloads
+    dropped = (items < 0) | unavailable[np.maximum(items, 0)]
+    items = np.where(dropped, -1, items)
+    # Move the kept items to the front of each row, keeping their order.
+    order = np.argsort(dropped, axis=1, kind="stable")
+    items = np.take_along_axis(items, order, axis=1)
+    scores = np.where(items >= 0, np.take_along_axis(scores, order, axis=1), 0.0)
+    tier_index = {tier: code for code, tier in enumerate(CUSTOMER_TIERS)}
+    tier_codes = np.fromiter((tier_index.get(customer_tiers.get(customer_id), UNKNOWN_TIER)
+                              for customer_id in data.customer_ids), dtype=np.uint8, count=len(data.customer_ids))
+    return encode_customer_lists(tier_codes, items, scores, bought_once_only.indptr, bought_once_only.indices)
 
 
 def write_version(version: str, catalogue_payload: str, neighbours: dict[str, str], bundles: dict[str, str],
-                  customers: dict[str, str]) -> None:
-    """Write a version's lists to Redis (with a TTL) and its shared lists to the database."""
+                  customers) -> None:
+    """Write a version's lists to Redis (with a TTL) and its shared lists to the database.
+
+    `customers` yields (customer id, packed lists) pairs; they are only in Redis (a Redis outage
+    serves customers the tier and popular lists from the database copy instead).
+    """
     client = redis_store.client
     pipeline = client.pipeline(transaction=False)
     pipeline.set(list_key(version, "catalogue"), catalogue_payload, ex=MODEL_TTL_SECONDS)
+    entries = [(("nb", key), payload) for key, payload in neighbours.items()]
+    entries += [(("bundles", key), payload) for key, payload in bundles.items()]
     pending = 1
-    for kind, payloads in (("nb", neighbours), ("bundles", bundles), ("cust", customers)):
-        for key, payload in payloads.items():
-            pipeline.set(list_key(version, kind, key), payload, ex=MODEL_TTL_SECONDS)
-            pending += 1
-            if pending >= 5000:
-                pipeline.execute()
-                pending = 0
+    for (kind, key), payload in itertools.chain(entries, ((("cust", key), payload) for key, payload in customers)):
+        pipeline.set(list_key(version, kind, key), payload, ex=MODEL_TTL_SECONDS)
+        pending += 1
+        if pending >= 10_000:
+            pipeline.execute()
+            pending = 0
     pipeline.execute()
 
     rows = [("catalogue", "-", catalogue_payload)]
@@ -335,7 +346,7 @@ def stage_empty_version(version: str) -> None:
                                   "active": [], "in_stock": [], "repeat_purchase": [], "abc": [], "orders": [],
                                   "informativeness": [], "popularity_weight": 1.0, "max_cart_items": 20,
                                   "popular": [], "trending": [], "tier_popular": {}})
-    write_version(version, empty_catalogue, {}, {}, {})
+    write_version(version, empty_catalogue, {}, {}, [])
 
 
 def warm_cache(version: str) -> None:

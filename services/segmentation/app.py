@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from shared.celery_app import configure_celery
+from shared.metrics import register_run_metrics
 from shared.web import (
     create_api,
     register_auth,
@@ -20,11 +21,12 @@ SERVICE = "segmentation"
 
 def register_blueprints(api) -> None:
     """Every endpoint group of the service."""
-    from services.segmentation.views import ingest, runs, segments
+    from services.segmentation.views import campaigns, ingest, runs, segments
 
     api.register_blueprint(ingest.blp)
     api.register_blueprint(segments.blp)
     api.register_blueprint(runs.blp)
+    api.register_blueprint(campaigns.blp)
 
 
 def published_run_exists() -> bool:
@@ -44,6 +46,7 @@ def create_app(config: dict | None = None) -> Flask:
     api = create_api(app, "segmentation")
     register_blueprints(api)
     register_probes(app, SERVICE, published_run_exists)
+    register_run_metrics(app)
     register_request_metrics(app, SERVICE)
     register_errors(app)
     return app

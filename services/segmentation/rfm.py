@@ -358,8 +358,13 @@ class RFMScorer:
         has_paid_order = frame["recency_days"].notna().to_numpy()
         paying = frame.loc[has_paid_order]
         self.recency_edges_ = quintile_edges(paying["recency_days"], higher_is_better=False)
-        self.frequency_edges_ = quintile_edges(paying["frequency"], higher_is_better=True)
-        self.monetary_edges_ = quintile_edges(paying["monetary"], higher_is_better=True)
+        # F and M rank the customers who bought in the window. Customers whose last order is older
+        # than the window have F = M = 0 and score 1; ranking them too would make every recent
+        # one-order customer an F = 3 (and leave "New" and "Promising" empty) in any shop where
+        # many customers have lapsed.
+        bought_in_window = paying.loc[paying["frequency"].to_numpy() > 0]
+        self.frequency_edges_ = quintile_edges(bought_in_window["frequency"], higher_is_better=True)
+        self.monetary_edges_ = quintile_edges(bought_in_window["monetary"], higher_is_better=True)
         self.n_customers_ = int(has_paid_order.sum())
         return self
 

@@ -253,3 +253,151 @@ class RunListSchema(Schema):
 
 class RunListArgsSchema(Schema):
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=200))
+
+
+# ---- campaigns ----
+
+
+CAMPAIGN_OFFER_KINDS = ("percent_off", "amount_off", "free_shipping")
+CAMPAIGN_GROUPS = ("treatment", "control")
+
+
+class CampaignOfferSchema(Schema):
+    """The offer every treatment member gets: a time-limited coupon."""
+
+    kind = fields.String(required=True, validate=validate.OneOf(CAMPAIGN_OFFER_KINDS))
+    # Percent for percent_off, money for amount_off; free_shipping needs none.
+    value = fields.Float(load_default=None, allow_nan=False, validate=validate.Range(min=0, max=10_000_000))
+    valid_days = fields.Integer(load_default=None, validate=validate.Range(min=1, max=365))
+
+    @validates_schema
+    def value_fits_kind(self, data, **kwargs):
+        value = data.get("value")
+        if value is None and data.get("kind") != "free_shipping":
+            raise ValidationError("give the offer's value", "value")
+        if data.get("kind") == "percent_off" and value is not None and value > 100:
+            raise ValidationError("a percentage is at most 100", "value")
+
+
+class CampaignRecommendationsSchema(Schema):
+    """How many personal recommendations each treatment member gets."""
+
+    limit = fields.Integer(load_default=None, validate=validate.Range(min=0, max=50))
+
+
+class WinBackRequestSchema(Schema):
+    """A win-back campaign: the audience (segment query filters; default lifecycle dormant) and what it gets."""
+
+    name = fields.String(load_default=None, validate=validate.Length(min=1, max=255))
+    audience = fields.Dict(keys=fields.String(), values=AudienceFilterField(), load_default=None, allow_none=True)
+    holdout_fraction = fields.Float(load_default=None, allow_nan=False, validate=validate.Range(min=0, max=0.9))
+    offer = fields.Nested(CampaignOfferSchema, load_default=None, allow_none=True)
+    recommendations = fields.Nested(CampaignRecommendationsSchema, load_default=None, allow_none=True)
+    frequency_cap_days = fields.Integer(load_default=None, validate=validate.Range(min=0, max=3650))
+    webhook_url = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=2048))
+
+
+class CampaignSkippedSchema(Schema):
+    opted_out = fields.Integer()
+    global_control = fields.Integer()
+    frequency_capped = fields.Integer()
+
+
+class WebhookDeliverySchema(Schema):
+    batch = fields.Integer()
+    members = fields.Integer()
+    status = fields.String()
+    attempts = fields.Integer()
+    last_status_code = fields.Integer(allow_none=True)
+    last_error = fields.String(allow_none=True)
+    delivered_at = fields.DateTime(allow_none=True)
+
+
+class CampaignWebhookSchema(Schema):
+    url = fields.String()
+    batches = fields.Integer()
+    by_status = fields.Dict(keys=fields.String(), values=fields.Integer())
+    deliveries = fields.List(fields.Nested(WebhookDeliverySchema))
+
+
+class CampaignSchema(Schema):
+    """A campaign: status (building, ready, failed), sizes, skipped by reason, webhook deliveries."""
+
+    campaign_id = fields.String()
+    name = fields.String()
+    status = fields.String()
+    run_id = fields.String(allow_none=True)
+    model_version = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    launched_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+    audience_size = fields.Integer()
+    treatment_size = fields.Integer()
+    control_size = fields.Integer()
+    skipped = fields.Nested(CampaignSkippedSchema)
+    note = fields.String(allow_none=True)
+    reason = fields.String(allow_none=True)
+    definition = fields.Dict()
+    webhook = fields.Nested(CampaignWebhookSchema, allow_none=True)
+
+
+class CampaignMemberSchema(Schema):
+    """A campaign member: group, offer (treatment only) and recommended skus."""
+
+    customer_id = fields.String()
+    group = fields.String()
+    rank = fields.Integer()
+    offer = fields.Dict(allow_none=True)
+    recommended_skus = fields.List(fields.String())
+    contacted_at = fields.DateTime(allow_none=True)
+
+
+class CampaignMemberPageSchema(Schema):
+    """One page of a campaign's members in rank order."""
+
+    campaign_id = fields.String()
+    items = fields.List(fields.Nested(CampaignMemberSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class CampaignMemberArgsSchema(Schema):
+    """?limit=, ?cursor= and ?group= (treatment or control)."""
+
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=512))
+    group = fields.String(load_default=None, validate=validate.OneOf(CAMPAIGN_GROUPS))
+
+
+class CampaignCsvArgsSchema(Schema):
+    group = fields.String(load_default=None, validate=validate.OneOf(CAMPAIGN_GROUPS))
+
+
+class CampaignGroupReportSchema(Schema):
+    members = fields.Integer()
+    converters = fields.Integer()
+    conversion_rate = fields.Float(allow_none=True)
+    orders = fields.Integer()
+    revenue = fields.Float()
+    revenue_per_member = fields.Float(allow_none=True)
+
+
+class CampaignUpliftSchema(Schema):
+    conversion_uplift = fields.Float(allow_none=True)
+    ci95_low = fields.Float(allow_none=True)
+    ci95_high = fields.Float(allow_none=True)
+    ci_method = fields.String()
+    relative_uplift = fields.Float(allow_none=True)
+    revenue_per_member_uplift = fields.Float(allow_none=True)
+    verdict = fields.String()
+    conclusion = fields.String()
+
+
+class CampaignReportSchema(Schema):
+    """Paid orders since launch, treatment vs control, and the conversion uplift with a 95 % interval."""
+
+    campaign_id = fields.String()
+    launched_at = fields.DateTime(allow_none=True)
+    as_of = fields.DateTime()
+    treatment = fields.Nested(CampaignGroupReportSchema)
+    control = fields.Nested(CampaignGroupReportSchema)
+    uplift = fields.Nested(CampaignUpliftSchema)

@@ -216,6 +216,9 @@ def main() -> None:
         print(f"{'REST lines/s':34}{rest['lines'] / rest['seconds']:>14,.0f}")
     csv_path.unlink()
     (workdir / "bench.db").unlink(missing_ok=True)
+    for leftover in workdir.glob("bench.db-*"):
+        leftover.unlink()
+    workdir.rmdir()
 
 
 if __name__ == "__main__":

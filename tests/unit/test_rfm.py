@@ -278,3 +278,26 @@ def test_build_rfm_frame_from_orders():
     shorter = RFMScorer(window_days=30).features_from_orders(orders, as_of).set_index("customer_id")
     assert shorter.loc["a", "frequency"] == 1
     assert shorter.loc["a", "monetary"] == pytest.approx(100.0)
+
+
+def test_lapsed_customers_do_not_inflate_frequency_of_recent_one_order_buyers():
+    """F ranks window buyers: a recent one-order customer is F=1 ('New'), however many have lapsed."""
+    lapsed = 60
+    frame = pd.DataFrame(
+        {
+            "customer_id": [f"c{i}" for i in range(100)],
+            # 60 lapsed customers (last order 500+ days ago, none in the window), 40 window buyers.
+            "recency_days": [500.0 + i for i in range(lapsed)] + [float(i) for i in range(40)],
+            "frequency": [0] * lapsed + [1] * 20 + [2] * 10 + [5] * 10,
+            "monetary": [0.0] * lapsed + [50.0] * 20 + [120.0] * 10 + [600.0] * 10,
+        }
+    )
+    scored = RFMScorer().fit_transform(frame)
+    recent_single = scored.iloc[lapsed:lapsed + 5]
+    assert (recent_single["f"] == 1).all()
+    assert (recent_single["segment"] == "New").all()
+    assert (scored.iloc[:lapsed]["f"] == 1).all()
+    # Among the 40 window buyers: 20 have one order, so two orders beat half of them (F=3) and
+    # five orders beat three quarters (F=4).
+    assert scored.iloc[lapsed + 25]["f"] == 3
+    assert scored.iloc[-1]["f"] == 4

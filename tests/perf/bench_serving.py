@@ -1,0 +1,173 @@
+"""Serving benchmark: recommend endpoints under gunicorn against a no-op Flask endpoint, side by side.
+
+    .venv/bin/python tests/perf/bench_serving.py [--customers 20000] [--seconds 15] [--connections 32]
+
+Builds a demo shop in a throwaway PostgreSQL database (or SQLite with --sqlite), trains and publishes,
+then starts gunicorn twice with deploy/gunicorn.conf.py (the recommend app and a no-op app) and loads
+each with wrk (apt-get install wrk) from this machine: throughput ratios and p99 latencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import psycopg  # noqa: E402
+import requests  # noqa: E402
+
+from shared.auth import create_key  # noqa: E402
+from shared.config import load_config  # noqa: E402
+from shared.dbadmin import upgrade  # noqa: E402
+from shared.demo import seed_demo_shop  # noqa: E402
+from shared.extensions import db, redis_store  # noqa: E402
+from shared.redis_server import free_port  # noqa: E402
+from shared.retrain import retrain_now  # noqa: E402
+
+ADMIN_URL = os.environ.get("SEGREC_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+CART_LUA = """
+wrk.method = "POST"
+wrk.body   = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
+"""
+GET_LUA = """
+wrk.headers["Authorization"] = "Bearer {key}"
+"""
+
+
+def start_gunicorn(app_spec: str, port: int, env: dict) -> subprocess.Popen:
+    """gunicorn with the production configuration file, on a loopback port; waits until it answers."""
+    process = subprocess.Popen(
+        [str(REPO / ".venv/bin/gunicorn"), "-c", str(REPO / "deploy/gunicorn.conf.py"), "--bind",
+         f"127.0.0.1:{port}", "--log-level", "warning", app_spec],
+        env=env, cwd=REPO,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
+            return process
+        except requests.RequestException:
+            time.sleep(0.2)
+    process.terminate()
+    raise RuntimeError(f"gunicorn for {app_spec} did not start")
+
+
+def run_wrk(url: str, script: str, seconds: int, connections: int) -> dict:
+    """requests/s and latency percentiles from wrk --latency."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script)
+    output = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", handle.name, url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    os.unlink(handle.name)
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    percentiles = {}
+    for label in ("50", "90", "99"):
+        match = re.search(rf"\s{label}%\s+([\d.]+)(us|ms|s)", output)
+        value, unit = float(match.group(1)), match.group(2)
+        percentiles[label] = value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {"rps": rate, "p50_ms": percentiles["50"], "p90_ms": percentiles["90"], "p99_ms": percentiles["99"],
+            "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=20_000)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--sqlite", action="store_true")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+
+    name = f"segrec_bench_{uuid.uuid4().hex[:8]}"
+    workdir = Path(tempfile.mkdtemp(prefix="segrec-bench-"))
+    if args.sqlite:
+        database_url = f"sqlite:///{workdir / 'bench.db'}"
+    else:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        database_url = f"{ADMIN_URL.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+psycopg://')}/{name}"
+    prefix = f"bench-{uuid.uuid4().hex[:6]}"
+    processes: list[subprocess.Popen] = []
+    try:
+        upgrade(database_url)
+        config = load_config({"DATABASE_URL": database_url, "REDIS_URL": "redis://127.0.0.1:6379/0",
+                              "REDIS_PREFIX": prefix, "VAR_DIR": str(workdir)})
+        db.configure(database_url)
+        redis_store.configure(config["REDIS_URL"], prefix, socket_timeout=5)
+        started = time.perf_counter()
+        seed_demo_shop(db, customers=args.customers, progress=False)
+        print(f"seeded {args.customers} customers in {time.perf_counter() - started:.1f} s")
+        started = time.perf_counter()
+        run = retrain_now(config)
+        print(f"trained and published {run.run_id} ({run.status}) in {time.perf_counter() - started:.1f} s")
+        with db.session() as session:
+            _row, key = create_key(session, "bench", ["recs:read"])
+
+        env = dict(os.environ, DATABASE_URL=database_url, REDIS_URL=config["REDIS_URL"], REDIS_PREFIX=prefix,
+                   VAR_DIR=str(workdir))
+        noop_port, recommend_port = free_port(), free_port()
+        processes.append(start_gunicorn("tests.perf.noop_app:create_app()", noop_port, env))
+        processes.append(start_gunicorn("services.recommend.app:create_app()", recommend_port, env))
+
+        catalogue = json.loads(redis_store.client.get(redis_store.key("recs", run.run_id, "catalogue")))
+        popular = [catalogue["skus"][item] for item, _score in catalogue["popular"][:40]]
+        anchor = popular[5]
+        cart = {"items": [{"sku": sku, "quantity": 1} for sku in popular[10:15]]}
+        probe = requests.post(f"http://127.0.0.1:{recommend_port}/v1/cart/recommendations", json=cart,
+                              headers={"Authorization": f"Bearer {key}"}, timeout=5).json()
+        print(f"cart probe: {len(probe['cross_sell'])} cross-sell items, add-ons: "
+              f"{'yes' if probe['add_ons'] and probe['add_ons']['suggestions'] else 'none'}")
+        body = json.dumps(cart)
+        seconds, connections = args.seconds, args.connections
+        base = f"http://127.0.0.1:{noop_port}/noop"
+        results = {
+            "no-op GET": run_wrk(base, GET_LUA.format(key=key), seconds, connections),
+            "bought-together": run_wrk(f"http://127.0.0.1:{recommend_port}/v1/items/{anchor}/bought-together",
+                                       GET_LUA.format(key=key), seconds, connections),
+            "no-op POST": run_wrk(base, CART_LUA.format(body=body, key=key), seconds, connections),
+            "cart (5 items, add-ons)": run_wrk(f"http://127.0.0.1:{recommend_port}/v1/cart/recommendations",
+                                               CART_LUA.format(body=body, key=key), seconds, connections),
+        }
+        print(f"\nwrk -t2 -c{connections} -d{seconds}s on 127.0.0.1, gunicorn: deploy/gunicorn.conf.py")
+        print(f"{'endpoint':<26}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+        for label, result in results.items():
+            print(f"{label:<26}{result['rps']:>10.0f}{result['p50_ms']:>9.2f}{result['p90_ms']:>9.2f}"
+                  f"{result['p99_ms']:>9.2f}{result['non_2xx']:>9}")
+        bought_ratio = results["bought-together"]["rps"] / results["no-op GET"]["rps"]
+        cart_ratio = results["cart (5 items, add-ons)"]["rps"] / results["no-op POST"]["rps"]
+        print(f"\nbought-together / no-op: {bought_ratio:.2f} (target >= 0.6)")
+        print(f"cart / no-op:            {cart_ratio:.2f} (target >= 0.4)")
+        print(f"p99 bought-together {results['bought-together']['p99_ms']:.1f} ms, "
+              f"cart {results['cart (5 items, add-ons)']['p99_ms']:.1f} ms (target < 25 ms)")
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=20)
+        db.dispose()
+        for key in redis_store.client.scan_iter(f"{prefix}:*", count=5000):
+            redis_store.client.delete(key)
+        if not args.sqlite:
+            with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
+                connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
