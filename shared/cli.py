@@ -137,18 +137,23 @@ def demo_group() -> None:
 @demo_group.command("seed")
 @click.option("--customers", default=2000, show_default=True, help="Shop size in customers.")
 @click.option("--seed", default=None, type=int, help="Random seed (default DEMO_SEED).")
+@click.option("--skus", default=300, show_default=True, help="Catalogue size.")
+@click.option("--as-of", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="The shop's 'today' (default: today, UTC), so its dormant customers are dormant now.")
 @click.option("--if-empty", is_flag=True, help="Do nothing when the database already has orders.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def demo_seed(customers: int, seed: int | None, if_empty: bool, progress: bool) -> None:
-    """Create a deterministic synthetic shop (about 10 order lines per customer)."""
+def demo_seed(customers: int, seed: int | None, skus: int, as_of, if_empty: bool, progress: bool) -> None:
+    """Create a deterministic synthetic shop (about 10 order lines per customer): same seed and date, same shop."""
     from shared.demo import database_has_orders, seed_demo_shop
+    from shared.ingest import utcnow
 
     config = _settings()
     if if_empty and database_has_orders(db):
         click.echo("database already has orders: demo seed skipped")
         return
+    as_of = as_of or utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
     summary = seed_demo_shop(db, customers=customers, seed=seed if seed is not None else config["DEMO_SEED"],
-                             progress=progress)
+                             as_of=as_of, skus=skus, progress=progress)
     click.echo(summary.describe())
 
 

@@ -151,3 +151,15 @@ def make_key(database_url):
         return {"Authorization": f"Bearer {raw_key}"}
 
     return make
+
+
+@pytest.fixture
+def shop(segmentation_app):
+    """The small factory shop (a quarter of it dormant), scored and published with a recommendation model."""
+    from shared.retrain import retrain_now
+    from tests.factories import AS_OF, small_shop
+
+    small_shop()
+    run = retrain_now(segmentation_app.config, as_of=AS_OF)
+    assert run.status == "published", run.reason
+    return run

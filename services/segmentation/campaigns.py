@@ -17,10 +17,8 @@ Builds run one at a time (a Redis lock), so each one sees the contacts of every 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import hmac
-import io
 import ipaddress
 import json
 import logging
@@ -43,6 +41,7 @@ from sqlalchemy.orm import Session
 from services.recommend.store import Catalogue, ListReader, decode_customer_lists, list_key
 from services.segmentation.segments import DIMENSIONS, NUMERIC_FIELDS, _audience_conditions, audience_statement
 from services.segmentation.segments import require_current_run
+from shared.csvstream import stream_rows_as_csv
 from shared.cursors import decode_cursor, encode_cursor
 from shared.errors import BadCursor, Conflict, DomainError, InvalidRequest, NotFound, Unavailable
 from shared.extensions import db, redis_store
@@ -556,29 +555,8 @@ def stream_members_csv(session: Session, campaign_id: str, group: str | None,
     if group is not None:
         statement = statement.where(CampaignMember.group == group)
     result = session.execute(statement)
-
-    def generate() -> Iterator[str]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(CSV_COLUMNS)
-        rows_sent = 0
-        try:
-            for partition in result.partitions(batch_rows):
-                writer.writerows(_csv_row(row) for row in partition)
-                rows_sent += len(partition)
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-            if buffer.tell():
-                yield buffer.getvalue()
-        except GeneratorExit:
-            log.warning("csv export of campaign %s dropped by the client after %d rows", campaign_id, rows_sent)
-            raise
-        finally:
-            result.close()
-            session.close()
-
-    return generate()
+    return stream_rows_as_csv(session, result, CSV_COLUMNS, f"campaign {campaign_id}", batch_rows,
+                              to_row=_csv_row, logger=log)
 
 
 # ---- the build -----------------------------------------------------------------------------------

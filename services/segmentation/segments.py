@@ -5,8 +5,6 @@ Every read names one run (the current one, or the one a cursor carries), so a li
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from services.segmentation.tiers import TIERS
 from shared.errors import BadCursor, InvalidRequest, NotFound, Unavailable
 from shared.models import Customer, CustomerScore, Run
 from shared.runs import current_run_id
+from shared.csvstream import stream_rows_as_csv
 from shared.cursors import decode_cursor, encode_cursor
 
 log = logging.getLogger("segrec.segments")
@@ -176,29 +175,7 @@ def stream_segment_csv(session: Session, dimension: str, value: str, batch_rows:
         .execution_options(stream_results=True, yield_per=batch_rows)
     )
     result = session.execute(statement)
-
-    def generate() -> Iterator[str]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(MEMBER_COLUMNS)
-        rows_sent = 0
-        try:
-            for partition in result.partitions(batch_rows):
-                writer.writerows(partition)
-                rows_sent += len(partition)
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-            if buffer.tell():
-                yield buffer.getvalue()
-        except GeneratorExit:
-            log.warning("csv export of %s=%s dropped by the client after %d rows", dimension, value, rows_sent)
-            raise
-        finally:
-            result.close()
-            session.close()
-
-    return generate()
+    return stream_rows_as_csv(session, result, MEMBER_COLUMNS, f"{dimension}={value}", batch_rows, logger=log)
 
 
 def _audience_conditions(filters: dict) -> list:

@@ -38,15 +38,6 @@ TEST_FORBIDDEN_NETWORKS = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,169.254.0.0/1
 
 
 @pytest.fixture
-def shop(segmentation_app):
-    """A small shop (a quarter of it dormant), scored and published with a recommendation model."""
-    small_shop()
-    run = retrain_now(segmentation_app.config, as_of=AS_OF)
-    assert run.status == "published", run.reason
-    return run
-
-
-@pytest.fixture
 def client(segmentation_app):
     return segmentation_app.test_client()
 

@@ -430,3 +430,23 @@ def test_quoted_crlf_and_ragged_files_keep_their_line_numbers(database_url, tmp_
     assert (summary.rows, summary.created, summary.rejected) == (3001, 3000, 1)
     assert read_rejects(summary.rejects_path)[0]["line"] == "2502"
     assert count(OrderLine) == 3002
+
+
+def test_refresh_of_every_customer_matches_the_rest_refresh(database_url, tmp_path, monkeypatch):
+    from shared.ingest import refresh_customer_aggregates
+
+    monkeypatch.setattr("shared.importer.SMALL_IMPORT_CUSTOMERS", 0)  # take the "refresh everyone" path
+    rows = [line(f"o{number}", f"c{number % 4}", f"2025-03-0{1 + number % 3}T10:00:00Z", sku=f"s{number % 3}",
+                 unit_price=f"{10 + number}.5", status="refunded" if number % 5 == 0 else "paid")
+            for number in range(30)]
+    summary = import_orders(orders_file(tmp_path, rows))
+    assert summary.aggregates_refreshed == "all customers (set-based)"
+    columns = (Customer.customer_id, Customer.first_paid_at, Customer.last_paid_at, Customer.paid_orders,
+               Customer.net_spend, Customer.purchase_days)
+    with db.session() as session:
+        imported = sorted(session.execute(select(*columns)).all())
+    with db.session() as session:
+        refresh_customer_aggregates(session, None)
+    with db.session() as session:
+        assert sorted(session.execute(select(*columns)).all()) == imported
+    assert [row.paid_orders for row in imported] == [6, 6, 6, 6]  # 8 or 7 orders each, 2 or 1 refunded

@@ -6,15 +6,7 @@ import pytest
 
 from shared.redis_server import free_port
 from shared.retrain import retrain_now
-from tests.factories import AS_OF, add_products, add_promotion, small_shop
-
-
-@pytest.fixture
-def shop(segmentation_app):
-    small_shop()
-    run = retrain_now(segmentation_app.config, as_of=AS_OF)
-    assert run.status == "published", run.reason
-    return run
+from tests.factories import AS_OF, add_products
 
 
 @pytest.fixture

@@ -11,16 +11,7 @@ from sqlalchemy import func, select
 from shared.extensions import db
 from shared.models import TierHistory
 from shared.retrain import retrain_now
-from tests.factories import AS_OF, add_orders, small_shop
-
-
-@pytest.fixture
-def shop(segmentation_app, app_config):
-    """A small shop, scored and published once."""
-    small_shop()
-    run = retrain_now(segmentation_app.config, as_of=AS_OF)
-    assert run.status == "published", run.reason
-    return run
+from tests.factories import AS_OF, add_orders
 
 
 @pytest.fixture

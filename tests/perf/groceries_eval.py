@@ -7,7 +7,6 @@ Exits 0 with a message when the file is absent.
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
 import time

@@ -8,8 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.optimize import approx_fprime
-from scipy.special import beta as beta_function
-from scipy.special import gamma as gamma_function
 from scipy.special import hyp2f1
 
 from services.segmentation.clv import (
