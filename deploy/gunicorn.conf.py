@@ -12,10 +12,11 @@ for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8002")
-# Recommendation serving is short CPU work plus a Redis round trip: a few processes with a few
-# threads each keep both cores busy while one thread waits on Redis or the database.
-workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2))
-threads = int(os.environ.get("GUNICORN_THREADS", 4))
+# Serving is short CPU work (lists are cached in the worker), so one single-threaded process per core
+# measured best: threads add GIL contention and long latency tails (tests/perf/bench_serving.py:
+# 2x1 gave p99 15 ms for bought-together where 4x4 gave 58 ms on this 2-core machine).
+workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count()))
+threads = int(os.environ.get("GUNICORN_THREADS", 1))
 worker_class = "gthread" if threads > 1 else "sync"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", 60))
 graceful_timeout = 20

@@ -114,10 +114,16 @@ def still_running(run_id: str, config: dict) -> bool:
     if run.status not in runs.ACTIVE_STATUSES:
         log.info("run has ended; task skipped", extra={"run_id": run_id, "status": run.status})
         return False
-    holder = runs.RunLock(config["RETRAIN_LOCK_SECONDS"]).renew(run_id)
+    lock = runs.RunLock(config["RETRAIN_LOCK_SECONDS"])
+    holder = lock.renew(run_id)
     if holder != run_id:
         runs.finish_run(run_id, "failed", f"lost the retrain lock to run {holder}")
         log.error("run lost the retrain lock", extra={"run_id": run_id, "holder": holder})
+        return False
+    # A duplicate of a task (redelivered after its worker died) may get here while the original
+    # workflow publishes and releases the lock; renewing would then re-take it for an ended run.
+    if runs.get_run(run_id).status not in runs.ACTIVE_STATUSES:
+        lock.release(run_id)
         return False
     return True
 

@@ -6,13 +6,14 @@ Each `register_*` helper is small so an app factory reads as a list of what the 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
 from copy import deepcopy
 
+import orjson
 from flask import Flask, Response, current_app, g, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 from marshmallow import ValidationError, fields, pre_load, utils
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -292,7 +293,7 @@ def json_response(payload: dict, status: int = 200) -> Response:
     the OpenAPI document while the storefront's hottest endpoints avoid marshmallow's per-field dump.
     The payload must already be plain JSON types, shaped as that schema says (a test checks it).
     """
-    return Response(json.dumps(payload, separators=(",", ":")), status=status, mimetype="application/json")
+    return Response(orjson.dumps(payload), status=status, mimetype="application/json")
 
 
 def run_batch(batch: RecordBatch, id_field: str, write) -> dict:
@@ -320,12 +321,24 @@ def run_batch(batch: RecordBatch, id_field: str, write) -> dict:
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
+class OrjsonProvider(DefaultJSONProvider):
+    """Flask's JSON with orjson underneath: request bodies and answers are parsed and written several
+    times faster, which the storefront's cart calls feel. Types orjson does not know (Decimal, ...)
+    fall back to Flask's own conversion; keys keep their insertion order."""
+
+    def dumps(self, obj, **kwargs) -> str:
+        return orjson.dumps(obj, default=self.default, option=orjson.OPT_NON_STR_KEYS).decode()
+
+    def loads(self, s, **kwargs):
+        return orjson.loads(s)
+
+
 def register_config(app: Flask, overrides: dict | None) -> None:
     """Load defaults, environment and the caller's overrides into app.config."""
     app.config.update(load_config(overrides))
     if not app.config["REDIS_URL"]:
         app.config["REDIS_URL"] = DEFAULT_REDIS_URL
-    app.json.sort_keys = False
+    app.json = OrjsonProvider(app)
 
 
 def register_extensions(app: Flask) -> None:

@@ -124,7 +124,7 @@ def suggest_add_ons(
     ``candidates``: item indices (already filtered to the promotion's category,
     in stock, not in the cart). ``affinity``: score to the cart, aligned with
     ``candidates``. ``price`` and ``margin`` (gross margin fraction, NaN =
-    unknown -> median of known) are catalogue arrays indexed by item.
+    unknown -> median of the candidates' known margins) are catalogue arrays indexed by item.
     Each suggestion: items, total_price, overshoot, saving, rank_score, reason.
     """
     if gap is None or gap <= 0:
@@ -148,9 +148,11 @@ def suggest_add_ons(
     if candidates.size == 0:
         return []
 
-    known_margin = margin[np.isfinite(margin)]
+    # The median is taken over the candidates only: a request must not scan a 50,000-item catalogue.
+    candidate_margin = margin[candidates]
+    known_margin = candidate_margin[np.isfinite(candidate_margin)]
     default_margin = float(np.median(known_margin)) if known_margin.size else 0.0
-    item_margin = np.clip(np.nan_to_num(margin[candidates], nan=default_margin), 0.0, 1.0)
+    item_margin = np.clip(np.nan_to_num(candidate_margin, nan=default_margin), 0.0, 1.0)
     best_affinity = max(float(np.max(affinity)), 0.0)
     item_affinity = np.clip(affinity / best_affinity, 0.0, 1.0) if best_affinity > 0 else np.zeros_like(affinity)
     allowed = float(gap) * max_overshoot_fraction

@@ -27,8 +27,8 @@ from shared.models import Promotion
 # At most this many distinct cart lines are looked at: a 500-item cart costs the same as a 100-item one.
 MAX_CART_LINES = 100
 # Add-ons are searched among the items most related to the cart; pairs among the closest of those.
-ADD_ON_CANDIDATES = 120
-ADD_ON_PAIR_CANDIDATES = 60
+ADD_ON_CANDIDATES = 60
+ADD_ON_PAIR_CANDIDATES = 30
 PROMOTION_CACHE_SECONDS = 30.0
 
 
@@ -37,14 +37,15 @@ _MISSING = object()
 
 
 class Neighbours:
-    """One item's stored neighbour list as arrays: items, scores, and orders bought together."""
+    """One item's stored neighbour list as arrays, plus item -> (score, orders together) for reasons."""
 
-    __slots__ = ("items", "scores", "together")
+    __slots__ = ("items", "scores", "together", "by_item")
 
     def __init__(self, items: np.ndarray, scores: np.ndarray, together: list[int]) -> None:
         self.items = items
         self.scores = scores
         self.together = together
+        self.by_item = dict(zip(items.tolist(), zip(scores.tolist(), together)))
 
     @classmethod
     def from_payload(cls, payload: bytes | str) -> Neighbours:
@@ -123,23 +124,16 @@ def _popular_items(catalogue: Catalogue, allowed: np.ndarray, limit: int, ranked
     return items
 
 
-def _strongest_anchor(anchor_lists: list) -> dict[int, tuple[int, int]]:
-    """For each suggested item, the cart item whose list scores it highest: item -> (anchor, orders together)."""
-    strongest: dict[int, tuple[int, int]] = {}
-    best_scores: dict[int, float] = {}
+def _cart_reason(catalogue: Catalogue, item: int, anchor_lists: list) -> str:
+    """Name the cart item whose list scores `item` highest, or say it is a best seller."""
+    best_score, best_anchor, best_together = 0.0, None, 0
     for anchor, neighbours in anchor_lists:
-        for item, score, together in zip(neighbours.items.tolist(), neighbours.scores.tolist(), neighbours.together):
-            if score > best_scores.get(item, 0.0):
-                best_scores[item] = score
-                strongest[item] = (anchor, together)
-    return strongest
-
-
-def _cart_reason(catalogue: Catalogue, item: int, strongest: dict[int, tuple[int, int]]) -> str:
-    """Name the cart item that lifts `item` most, or say it is a best seller."""
-    if item in strongest:
-        anchor, together = strongest[item]
-        return f"goes with {catalogue.names[anchor]} in your cart: bought together in {together} orders"
+        found = neighbours.by_item.get(item)
+        if found is not None and found[0] > best_score:
+            best_score, best_together = found
+            best_anchor = anchor
+    if best_anchor is not None:
+        return f"goes with {catalogue.names[best_anchor]} in your cart: bought together in {best_together} orders"
     return f"one of our best sellers: in {int(catalogue.orders[item])} orders"
 
 
@@ -285,10 +279,9 @@ class Recommender:
         blocked = np.flatnonzero(~allowed)
         merged_items, merged_scores = merge_neighbor_lists(lists, ADD_ON_CANDIDATES, exclude=blocked)
 
-        strongest = _strongest_anchor(anchor_lists)
         cross_sell = []
         for item, score in zip(merged_items[: request.limit].tolist(), merged_scores[: request.limit].tolist()):
-            cross_sell.append(_item(catalogue, item, score, _cart_reason(catalogue, item, strongest)))
+            cross_sell.append(_item(catalogue, item, score, _cart_reason(catalogue, item, anchor_lists)))
         add_ons = self._add_ons(catalogue, quantities, merged_items, merged_scores, allowed)
         used = _combine_fallbacks(fallback, customer_fallback, list_fallback,
                                   "popular:empty_cart" if not len(cart_items) else None,

@@ -333,11 +333,18 @@ def assert_serving_is_whole() -> str | None:
     return current
 
 
-def assert_ended_cleanly(run) -> None:
-    """A run ended: published, or failed/rejected with its reason; either way the lock is free."""
+def assert_ended_cleanly(run, timeout: float = 10.0) -> None:
+    """A run ended: published, or failed/rejected with its reason; either way the lock is freed.
+
+    The run record ends (in the database) just before the lock is released (in Redis), so the lock is
+    given a few seconds to follow rather than being read in the same instant.
+    """
     assert run.status in ENDED
     if run.status != "published":
         assert run.reason, f"run {run.run_id} ended {run.status} without a reason"
+    deadline = time.monotonic() + timeout
+    while runs.RunLock(3600).holder() is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert runs.RunLock(3600).holder() is None
 
 

@@ -16,7 +16,7 @@ blp = Blueprint("catalogue", __name__, url_prefix="/v1", description="Send the c
 @blp.route("/products")
 class Products(MethodView):
     @require_scope("ingest:write")
-    @blp.arguments(ProductBatchSchema)
+    @blp.arguments(ProductBatchSchema())
     @blp.response(200, BatchResultSchema)
     def post(self, batch):
         """Upsert products"""
@@ -26,7 +26,7 @@ class Products(MethodView):
 @blp.route("/promotions")
 class Promotions(MethodView):
     @require_scope("ingest:write")
-    @blp.arguments(PromotionBatchSchema)
+    @blp.arguments(PromotionBatchSchema())
     @blp.response(200, BatchResultSchema)
     def post(self, batch):
         """Upsert promotions"""

@@ -29,7 +29,7 @@ def _request(args: dict) -> Request:
 @blp.route("/items/<sku>/bought-together")
 class BoughtTogether(MethodView):
     @require_scope("recs:read")
-    @blp.arguments(RecommendationArgsSchema, location="query")
+    @blp.arguments(RecommendationArgsSchema(), location="query")
     @blp.response(200, RecommendationSchema)
     def get(self, args, sku):
         """Items bought with this one (an unknown sku gets popular items, with `fallback` set)"""
@@ -39,7 +39,7 @@ class BoughtTogether(MethodView):
 @blp.route("/items/<sku>/bundles")
 class Bundles(MethodView):
     @require_scope("recs:read")
-    @blp.arguments(BundleArgsSchema, location="query")
+    @blp.arguments(BundleArgsSchema(), location="query")
     @blp.response(200, BundlesSchema)
     def get(self, args, sku):
         """2-3 item bundles with this one: list price, bundle price and margin after the discount"""
@@ -49,7 +49,7 @@ class Bundles(MethodView):
 @blp.route("/cart/recommendations")
 class CartRecommendations(MethodView):
     @require_scope("recs:read")
-    @blp.arguments(CartRequestSchema)
+    @blp.arguments(CartRequestSchema())
     @blp.response(200, CartRecommendationSchema)
     def post(self, cart):
         """Cross-sell for a cart, and add-ons that reach the best threshold promotion not yet reached"""
@@ -59,7 +59,7 @@ class CartRecommendations(MethodView):
 @blp.route("/customers/<customer_id>/recommendations")
 class ForYou(MethodView):
     @require_scope("recs:read")
-    @blp.arguments(RecommendationArgsSchema, location="query")
+    @blp.arguments(RecommendationArgsSchema(), location="query")
     @blp.response(200, RecommendationSchema)
     def get(self, args, customer_id):
         """A personal list; falls back to the customer's tier, then to what is trending"""
@@ -69,7 +69,7 @@ class ForYou(MethodView):
 @blp.route("/popular")
 class Popular(MethodView):
     @require_scope("recs:read")
-    @blp.arguments(PopularArgsSchema, location="query")
+    @blp.arguments(PopularArgsSchema(), location="query")
     @blp.response(200, RecommendationSchema)
     def get(self, args):
         """Popular items, optionally within a category or a membership tier"""

@@ -32,7 +32,7 @@ IDEMPOTENCY_HEADER = {
 @blp.route("/campaigns/win-back")
 class WinBack(MethodView):
     @require_scope("campaigns:write")
-    @blp.arguments(WinBackRequestSchema)
+    @blp.arguments(WinBackRequestSchema())
     @blp.response(202, CampaignSchema)
     @blp.alt_response(200, schema=CampaignSchema, description="A retry with the same key and body: that campaign")
     @blp.doc(parameters=[IDEMPOTENCY_HEADER])
@@ -59,7 +59,7 @@ class CampaignDetail(MethodView):
 @blp.route("/campaigns/<campaign_id>/members")
 class CampaignMembers(MethodView):
     @require_scope("campaigns:write")
-    @blp.arguments(CampaignMemberArgsSchema, location="query")
+    @blp.arguments(CampaignMemberArgsSchema(), location="query")
     @blp.response(200, CampaignMemberPageSchema)
     def get(self, args, campaign_id):
         """One page of a ready campaign's members in rank order: group, offer, recommended skus"""
@@ -70,7 +70,7 @@ class CampaignMembers(MethodView):
 @blp.route("/campaigns/<campaign_id>/members.csv")
 class CampaignMembersCsv(MethodView):
     @require_scope("campaigns:write")
-    @blp.arguments(CampaignCsvArgsSchema, location="query")
+    @blp.arguments(CampaignCsvArgsSchema(), location="query")
     @blp.response(200, content_type="text/csv")
     def get(self, args, campaign_id):
         """A ready campaign's members as a streamed CSV for the messaging tool"""

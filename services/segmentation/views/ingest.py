@@ -16,7 +16,7 @@ blp = Blueprint("ingest", __name__, url_prefix="/v1", description="Send customer
 @blp.route("/customers")
 class Customers(MethodView):
     @require_scope("ingest:write")
-    @blp.arguments(CustomerBatchSchema)
+    @blp.arguments(CustomerBatchSchema())
     @blp.response(200, BatchResultSchema)
     def post(self, batch):
         """Upsert customers"""
@@ -26,7 +26,7 @@ class Customers(MethodView):
 @blp.route("/orders")
 class Orders(MethodView):
     @require_scope("ingest:write")
-    @blp.arguments(OrderBatchSchema)
+    @blp.arguments(OrderBatchSchema())
     @blp.response(200, BatchResultSchema)
     def post(self, batch):
         """Upsert orders: same id and content is a no-op, paid to refunded an update, other changes a conflict"""
@@ -36,7 +36,7 @@ class Orders(MethodView):
 @blp.route("/events")
 class Events(MethodView):
     @require_scope("ingest:write")
-    @blp.arguments(EventBatchSchema)
+    @blp.arguments(EventBatchSchema())
     @blp.response(200, BatchResultSchema)
     def post(self, batch):
         """Record behavioural events (a re-sent event is stored once)"""

@@ -24,7 +24,7 @@ def run_to_dict(run, current_id: str | None) -> dict:
 @blp.route("/runs")
 class Runs(MethodView):
     @require_scope("segments:read")
-    @blp.arguments(RunListArgsSchema, location="query")
+    @blp.arguments(RunListArgsSchema(), location="query")
     @blp.response(200, RunListSchema)
     def get(self, args):
         """Training runs, newest first"""

@@ -46,7 +46,7 @@ class SegmentCatalogue(MethodView):
 @blp.route("/segments/<dimension>/<value>/members")
 class SegmentMembers(MethodView):
     @require_scope("segments:read")
-    @blp.arguments(PageArgsSchema, location="query")
+    @blp.arguments(PageArgsSchema(), location="query")
     @blp.response(200, MemberPageSchema)
     def get(self, page_args, dimension, value):
         """One page of a segment's members with their scores"""
@@ -79,7 +79,7 @@ class SegmentMembersCsv(MethodView):
 @blp.route("/segments/query")
 class AudienceQuery(MethodView):
     @require_scope("segments:read")
-    @blp.arguments(AudienceQuerySchema)
+    @blp.arguments(AudienceQuerySchema())
     @blp.response(200, AudienceResultSchema)
     def post(self, query):
         """An ad-hoc audience: AND across fields, OR within a field; its size and first page"""
@@ -90,7 +90,7 @@ class AudienceQuery(MethodView):
 @blp.route("/segments/transitions")
 class Transitions(MethodView):
     @require_scope("segments:read")
-    @blp.arguments(TransitionArgsSchema, location="query")
+    @blp.arguments(TransitionArgsSchema(), location="query")
     @blp.response(200, TransitionsSchema)
     def get(self, args):
         """How many customers moved from each value to each value between two runs"""
