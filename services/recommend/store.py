@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +59,16 @@ class CustomerLists:
     scores: np.ndarray
     bought: np.ndarray
     tier: str | None
+
+
+# One Redis hash per bucket of customers, not one key per customer: staging a million customers is
+# then a few thousand HSET commands instead of a million SETs, and each key carries the version's TTL.
+CUSTOMER_BUCKETS = 4096
+
+
+def customer_bucket_key(version: str, customer_id: str) -> str:
+    """The hash that holds a customer's lists in a version (crc32 is the same in every process)."""
+    return list_key(version, "cust", str(zlib.crc32(customer_id.encode("utf-8")) % CUSTOMER_BUCKETS))
 
 
 def encode_customer_lists(tier_codes: np.ndarray, for_you: np.ndarray, scores: np.ndarray,
@@ -278,8 +289,10 @@ class ListReader:
 
     def _fetch(self, version: str, kind: str, keys: list[str]) -> tuple[list, str | None]:
         if self.redis_available():
-            redis_keys = [list_key(version, kind) if key == "-" else list_key(version, kind, key) for key in keys]
             try:
+                if kind == "cust":
+                    return customer_payloads(version, keys), None
+                redis_keys = [list_key(version, kind) if key == "-" else list_key(version, kind, key) for key in keys]
                 return redis_store.client.mget(redis_keys), None
             except redis.RedisError as error:
                 self._redis_failed(error)
@@ -299,6 +312,16 @@ class ListReader:
                 ).all()
             )
         return [rows.get(key) for key in keys]
+
+
+def customer_payloads(version: str, customer_ids: list[str]) -> list[bytes | None]:
+    """Packed lists of several customers (None for a customer the version does not know), in one round trip."""
+    if len(customer_ids) == 1:
+        return [redis_store.client.hget(customer_bucket_key(version, customer_ids[0]), customer_ids[0])]
+    pipeline = redis_store.client.pipeline(transaction=False)
+    for customer_id in customer_ids:
+        pipeline.hget(customer_bucket_key(version, customer_id), customer_id)
+    return pipeline.execute()
 
 
 reader = ListReader()

@@ -8,7 +8,6 @@ of the shared lists for Redis outages). `publish_version` flips the one pointer 
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
@@ -31,6 +30,7 @@ from services.recommend.store import (
     MODEL_TTL_SECONDS,
     UNKNOWN_TIER,
     VERSION_POINTER,
+    customer_bucket_key,
     encode_customer_lists,
     list_key,
     set_database_version,
@@ -319,16 +319,24 @@ def write_version(version: str, catalogue_payload: str, neighbours: dict[str, st
     client = redis_store.client
     pipeline = client.pipeline(transaction=False)
     pipeline.set(list_key(version, "catalogue"), catalogue_payload, ex=MODEL_TTL_SECONDS)
-    entries = [(("nb", key), payload) for key, payload in neighbours.items()]
-    entries += [(("bundles", key), payload) for key, payload in bundles.items()]
     pending = 1
-    for (kind, key), payload in itertools.chain(entries, ((("cust", key), payload) for key, payload in customers)):
-        pipeline.set(list_key(version, kind, key), payload, ex=MODEL_TTL_SECONDS)
-        pending += 1
-        if pending >= 10_000:
-            pipeline.execute()
-            pending = 0
+    for kind, payloads in (("nb", neighbours), ("bundles", bundles)):
+        for key, payload in payloads.items():
+            pipeline.set(list_key(version, kind, key), payload, ex=MODEL_TTL_SECONDS)
+            pending += 1
+            if pending >= 10_000:
+                pipeline.execute()
+                pending = 0
     pipeline.execute()
+    buckets: dict[str, dict[str, bytes]] = {}
+    for customer_id, payload in customers:
+        buckets.setdefault(customer_bucket_key(version, customer_id), {})[customer_id] = payload
+    bucket_keys = list(buckets)
+    for start in range(0, len(bucket_keys), 256):
+        for key in bucket_keys[start:start + 256]:
+            pipeline.hset(key, mapping=buckets[key])
+            pipeline.expire(key, MODEL_TTL_SECONDS)
+        pipeline.execute()
 
     rows = [("catalogue", "-", catalogue_payload)]
     rows += [("nb", key, payload) for key, payload in neighbours.items()]

@@ -38,7 +38,7 @@ from sqlalchemy import and_, case, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.recommend.store import Catalogue, ListReader, decode_customer_lists, list_key
+from services.recommend.store import Catalogue, ListReader, customer_payloads, decode_customer_lists
 from services.segmentation.segments import DIMENSIONS, NUMERIC_FIELDS, _audience_conditions, audience_statement
 from services.segmentation.segments import require_current_run
 from shared.csvstream import stream_rows_as_csv
@@ -687,17 +687,16 @@ class PersonalLists:
 
 def personal_recommendations(version: str | None, members: list[tuple[str, str | None]], limit: int,
                              chunk: int) -> list[list[str]]:
-    """Each (customer id, tier)'s skus, reading the for-you lists with one MGET per `chunk` customers."""
+    """Each (customer id, tier)'s skus, reading the for-you lists in one round trip per `chunk` customers."""
     catalogue = ListReader().catalogue(version) if version else None
     lists = PersonalLists(catalogue, limit)
     if catalogue is None or limit == 0:
         return [[] for _ in members]
     picks: list[list[str]] = []
-    client = redis_store.client
     for start in range(0, len(members), chunk):
         part = members[start:start + chunk]
         # A Redis failure raises here: the task retries rather than building a campaign without lists.
-        payloads = client.mget([list_key(version, "cust", customer_id) for customer_id, _tier in part])
+        payloads = customer_payloads(version, [customer_id for customer_id, _tier in part])
         for (_customer_id, tier), payload in zip(part, payloads):
             picks.append(lists.pick(payload, tier))
     return picks

@@ -23,9 +23,9 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
-from services.recommend.store import ListReader, decode_customer_lists
+from services.recommend.store import ListReader, customer_payloads, decode_customer_lists
 from services.segmentation import campaigns
-from shared.extensions import db, redis_store
+from shared.extensions import db
 from shared.models import CampaignMember, Customer, CustomerScore, Product
 from shared.retrain import retrain_now
 from tests.factories import AS_OF, add_orders, small_shop
@@ -297,16 +297,13 @@ def test_recommendations_are_read_in_bulk_and_skip_out_of_stock_items(client, wr
         session.execute(update(Product).where(Product.sku == "MILK-1").values(stock=0))
     assert retrain_now(segmentation_app.config, as_of=AS_OF).status == "published"
     segmentation_app.config["CAMPAIGN_RECS_MGET_CHUNK"] = 4
-    client_redis = redis_store.client
-    real_mget = client_redis.mget
     customer_list_reads = []
 
-    def counting_mget(keys, *args):
-        if any(":cust:" in key for key in keys):
-            customer_list_reads.append(len(keys))
-        return real_mget(keys, *args)
+    def counting_reads(version, customer_ids):
+        customer_list_reads.append(len(customer_ids))
+        return customer_payloads(version, customer_ids)
 
-    monkeypatch.setattr(client_redis, "mget", counting_mget)
+    monkeypatch.setattr(campaigns, "customer_payloads", counting_reads)
     campaign = create_and_build(client, writer, segmentation_app, {"holdout_fraction": 0.2,
                                                                   "recommendations": {"limit": 4}})
     treated = campaign["treatment_size"]
@@ -314,14 +311,12 @@ def test_recommendations_are_read_in_bulk_and_skip_out_of_stock_items(client, wr
     assert len(customer_list_reads) == math.ceil(treated / 4) and sum(customer_list_reads) == treated
 
     version = campaign["model_version"]
-    monkeypatch.setattr(client_redis, "mget", real_mget)
     for member in all_members(client, writer, campaign["campaign_id"], group="treatment", limit=100):
         assert "MILK-1" not in member["recommended_skus"]
         # Up to the limit: a customer who bought most of this ten-item catalogue leaves fewer to suggest.
         assert 1 <= len(member["recommended_skus"]) <= 4
         assert len(set(member["recommended_skus"])) == len(member["recommended_skus"])
-        lists = decode_customer_lists(redis_store.client.get(
-            redis_store.key("recs", version, "cust", member["customer_id"])))
+        lists = decode_customer_lists(customer_payloads(version, [member["customer_id"]])[0])
         catalogue = ListReader().catalogue(version)
         personal = [catalogue.skus[item] for item in lists.for_you if catalogue.sellable[item]]
         # The model's own for-you list comes first; popular items only fill what it leaves.
