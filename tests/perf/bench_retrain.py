@@ -2,8 +2,8 @@
 
 Not collected by pytest. Run:  .venv/bin/python tests/perf/bench_retrain.py --customers 1000000
 
-1. Seeds the demo shop (about 10 order lines per customer) into a throwaway PostgreSQL database
-   (segrec_bench_<hex>, migrated, dropped afterwards unless --keep-db).
+1. Builds (once) or reuses the demo shop of that size (about 10 order lines per customer) in its own
+   PostgreSQL database (tests/perf/benchdb.py).
 2. For each worker count (default 1 then 2): starts `celery -A shared.worker worker --pool prefork
    --concurrency N` on a queue and Redis key prefix of its own, empties the run outputs (so every run
    starts from the same state: same data, same as_of, no previous run), triggers a run the way the
@@ -21,9 +21,9 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
-import psycopg
 import redis
 from sqlalchemy import text
 
@@ -33,37 +33,23 @@ sys.path.insert(0, str(REPO))
 from shared import runs  # noqa: E402
 from shared.celery_app import configure_celery  # noqa: E402
 from shared.config import load_config  # noqa: E402
-from shared.dbadmin import upgrade  # noqa: E402
 from shared.extensions import db, redis_store  # noqa: E402
+from tests.perf.benchdb import SEEDED_MARKER, ensure_bench_shop  # noqa: E402
 
-ADMIN_URL = os.environ.get("SEGREC_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("SEGREC_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 CELERY = Path(sys.executable).with_name("celery")
 STEPS = ["snapshot", "fit_customer_models", "score_customers", "train_recommendations", "publish"]
 TARGET_SECONDS = 180
 # Run outputs emptied before each measured run; the shop itself is left alone.
-OUTPUT_TABLES = ["tier_history", "customer_scores", "recommendation_lists", "pointers", "runs"]
-
-
-def create_database() -> tuple[str, str]:
-    """A new, migrated PostgreSQL database: (name, SQLAlchemy URL)."""
-    name = f"segrec_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    url = f"{ADMIN_URL.rsplit('/', 1)[0].replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
-    upgrade(url)
-    return name, url
-
-
-def drop_database(name: str) -> None:
-    db.dispose()
-    with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+OUTPUT_TABLES = ["tier_history", "customer_scores", "recommendation_lists", "runs"]
+AS_OF = datetime(2026, 11, 1)  # the demo shop's own date (tests/perf/benchdb.py seeds with the default)
 
 
 def empty_run_outputs() -> None:
+    """Forget every run (scores, lists, pointers) so each measured run starts from the same state."""
     with db.engine.begin() as connection:
         connection.execute(text(f"TRUNCATE {', '.join(OUTPUT_TABLES)}"))
+        connection.execute(text("DELETE FROM pointers WHERE name <> :marker"), {"marker": SEEDED_MARKER})
 
 
 def delete_prefix(prefix: str) -> None:
@@ -152,33 +138,20 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="Worker process counts to compare, in order.")
     parser.add_argument("--shard-size", type=int, default=None,
                         help="Customers per scoring shard (default: SCORING_SHARD_SIZE).")
-    parser.add_argument("--keep-db", action="store_true", help="Do not drop the benchmark database.")
+    parser.add_argument("--skus", type=int, default=50_000)
     args = parser.parse_args()
     shard_size = args.shard_size or load_config()["SCORING_SHARD_SIZE"]
 
-    from shared.demo import seed_demo_shop
-
-    name, url = create_database()
-    print(f"database {name}; {args.customers:,} customers; shards of {shard_size:,}", flush=True)
-    try:
-        db.configure(url)
-        summary = seed_demo_shop(db, customers=args.customers, progress=sys.stderr.isatty())
-        print(summary.describe(), flush=True)
-        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(text("VACUUM ANALYZE"))
-        results = {}
-        with tempfile.TemporaryDirectory(prefix="segrec-bench-") as log_dir:
-            for count in (int(value) for value in args.workers.split(",")):
-                results[count] = measure(url, summary.as_of, count, shard_size, Path(log_dir))
-                print(f"{count} worker process(es): run {results[count]['run_id']} published in "
-                      f"{results[count]['wall']:.1f} s", flush=True)
-        print()
-        print_table(results)
-    finally:
-        if args.keep_db:
-            print(f"kept database {name}")
-        else:
-            drop_database(name)
+    url = ensure_bench_shop(args.customers, args.skus)
+    print(f"{args.customers:,} customers, {args.skus:,} skus; shards of {shard_size:,}", flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="segrec-bench-") as log_dir:
+        for count in (int(value) for value in args.workers.split(",")):
+            results[count] = measure(url, AS_OF, count, shard_size, Path(log_dir))
+            print(f"{count} worker process(es): run {results[count]['run_id']} published in "
+                  f"{results[count]['wall']:.1f} s", flush=True)
+    print()
+    print_table(results)
 
 
 if __name__ == "__main__":
