@@ -65,7 +65,8 @@ class EmbeddedRedis:
             "--port", str(self.port),
             "--dir", str(self.directory),
             "--dbfilename", "redis.rdb",
-            "--save", "300 1",
+            # Save every 5 minutes after a change, and on shutdown, so a restarted stack keeps its lists.
+            "--save", "300", "1",
             "--logfile", str(self.directory / "redis.log"),
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
