@@ -124,6 +124,20 @@ def _popular_items(catalogue: Catalogue, allowed: np.ndarray, limit: int, ranked
     return items
 
 
+def _merge_allowed(lists: list, allowed: np.ndarray, n: int, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """The n best merged candidates that may be shown.
+
+    Merging first and filtering after is cheaper than handing the merge every blocked item of a large
+    catalogue; when filtering leaves too few (a narrow category filter, many items out of stock) and
+    the merge was cut short, it is merged again with the blocked items excluded.
+    """
+    items, scores = merge_neighbor_lists(lists, n + margin)
+    shown = allowed[items]
+    if shown.sum() < n and len(items) == n + margin:
+        return merge_neighbor_lists(lists, n, exclude=np.flatnonzero(~allowed))
+    return items[shown][:n], scores[shown][:n]
+
+
 def _cart_reason(catalogue: Catalogue, item: int, anchor_lists: list) -> str:
     """Name the cart item whose list scores `item` highest, or say it is a best seller."""
     best_score, best_anchor, best_together = 0.0, None, 0
@@ -276,8 +290,7 @@ class Recommender:
         anchor_lists = [(int(anchor), neighbours) for anchor, neighbours in zip(anchors, anchor_lists) if neighbours]
         for _anchor, neighbours in anchor_lists:
             lists.append((neighbours.items, neighbours.scores, 1.0))
-        blocked = np.flatnonzero(~allowed)
-        merged_items, merged_scores = merge_neighbor_lists(lists, ADD_ON_CANDIDATES, exclude=blocked)
+        merged_items, merged_scores = _merge_allowed(lists, allowed, ADD_ON_CANDIDATES, margin=len(skip) + 20)
 
         cross_sell = []
         for item, score in zip(merged_items[: request.limit].tolist(), merged_scores[: request.limit].tolist()):

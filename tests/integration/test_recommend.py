@@ -183,3 +183,10 @@ def test_responses_match_their_documented_schemas(client, storefront):
     for schema, body in checks:
         assert schema.validate(body) == {}, (type(schema).__name__, body)
         assert body["items"] or body.get("bundles")
+
+
+def test_cart_category_filter_keeps_only_that_category(client, storefront):
+    """A narrow filter leaves few of the merged candidates; the cart answer still fills from that category."""
+    body = client.post("/v1/cart/recommendations", json={"items": [{"sku": "PHN-1", "quantity": 1}],
+                                                           "category": "teaware"}, headers=storefront).json
+    assert set(skus(body["cross_sell"])) == {"POT-1", "CUP-1"}
