@@ -224,10 +224,15 @@ class TransitionsSchema(Schema):
 
 
 class RunStepSchema(Schema):
+    """One step of a run: its status, wall seconds, rows, and when it started and ended (UTC)."""
+
     name = fields.String()
     status = fields.String()
     seconds = fields.Float(allow_none=True)
     rows = fields.Integer(allow_none=True)
+    started_at = fields.String(allow_none=True)
+    updated_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
     detail = fields.Dict()
 
 

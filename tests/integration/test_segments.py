@@ -171,4 +171,5 @@ def test_runs_endpoints(client, ops, make_key, shop):
     assert [step["name"] for step in detail["steps"]] == [
         "snapshot", "fit_customer_models", "score_customers", "train_recommendations", "publish"]
     assert detail["metrics"]["recommendations"]["evaluation"]["hr_at_10"] >= 0
+    assert all(step["started_at"] and step["finished_at"] for step in detail["steps"])
     assert client.post("/v1/runs", headers=ops).status_code == 403
