@@ -30,7 +30,7 @@ integration: install
 
 ## bench: the benchmarks under tests/perf (long; not part of `make test`).
 bench: install
-	for script in tests/perf/bench_*.py; do $(BIN)/python $$script || exit 1; done
+	for script in tests/perf/bench_*.py; do $(BIN)/python -m tests.perf.$$(basename $$script .py) || exit 1; done
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
