@@ -217,7 +217,8 @@ def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
     if data.order_lines == 0:
         stage_empty_version(run_id)
         return {"order_lines": 0, "items": int(data.n_items), "evaluation": {"skipped": "no paid orders"}}
-    model_params = {}
+    # The served popularity list is the stored top POPULAR_STORED: the evaluation must score that same list.
+    model_params = {"n_popular": POPULAR_STORED}
     model = CoPurchaseModel(**model_params).fit(data.baskets, data.basket_times)
     item_counts = np.asarray(data.baskets.sum(axis=0)).ravel()
     timings["co_purchase"] = time.perf_counter() - step
