@@ -40,6 +40,8 @@ TRANSIENT_ERRORS = (
     ConnectionError,
 )
 TASK_OPTIONS = {"bind": True, "acks_late": True, "reject_on_worker_lost": True}
+# How long a retry keeps trying to reach the broker: about 40 s, longer than a Redis restart.
+BROKER_PUBLISH_RETRY = {"max_retries": 25, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2.0}
 # The error callback must outlive an outage longer than the steps' own retry budget.
 MARK_FAILED_RETRIES = 30
 
@@ -66,7 +68,10 @@ def retried_on_transient_errors(task, max_retries: int | None = None):
         log.warning("transient error; retrying", extra={"task": task.name, "attempt": task.request.retries + 1,
                                                          "countdown": round(countdown, 2),
                                                          "error": f"{type(error).__name__}: {error}"[:300]})
-        raise task.retry(exc=error, countdown=countdown, max_retries=retries) from error
+        # The retry is itself a message to the broker: when the outage is Redis, keep trying to send it
+        # while Redis comes back (kombu's publish retry), instead of failing the run on the first refusal.
+        raise task.retry(exc=error, countdown=countdown, max_retries=retries,
+                         retry_policy=BROKER_PUBLISH_RETRY) from error
 
 
 @celery_app.task(name="segrec.retrain.start", **TASK_OPTIONS)
