@@ -267,11 +267,12 @@ def step_evaluate_and_publish(run_id: str, config: dict) -> Run:
     # The storefront's hot keys are read once before the flip (and the flip refuses a version whose
     # catalogue is missing); tier history commits in the same transaction as the pointer.
     warm_cache(run_id)
-    if not runs.publish(run_id, lambda session, previous: record_tier_changes(run_id, previous, session)):
+    flipped = runs.publish(run_id, lambda session, previous: record_tier_changes(run_id, previous, session),
+                           step_seconds=time.perf_counter() - started)
+    if not flipped:
         log.warning("run ended before its publish; not published", extra={"run_id": run_id})
         return runs.get_run(run_id)
     publish_version(run_id)
-    runs.record_step(run_id, "publish", "succeeded", time.perf_counter() - started)
     lock.release(run_id)
     prune_old_runs()
     published = runs.get_run(run_id)

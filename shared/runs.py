@@ -133,21 +133,23 @@ def update_run(run_id: str, **values) -> None:
 def record_step(run_id: str, name: str, status: str, seconds: float | None, rows: int | None = None,
                 detail: dict | None = None, started_at: datetime | None = None) -> None:
     """Append (or replace, on a retried step) one step's status, timing and row count."""
+    _change_steps(run_id, lambda steps: with_step(steps, name, status, seconds, rows, detail, started_at))
+
+
+def with_step(steps: list[dict], name: str, status: str, seconds: float | None, rows: int | None = None,
+              detail: dict | None = None, started_at: datetime | None = None) -> list[dict]:
+    """The steps list with one step set (replacing an earlier record of it, whose start it keeps)."""
     now = utcnow()
-
-    def change(steps: list[dict]) -> list[dict]:
-        earlier = next((step for step in steps if step["name"] == name), {})
-        step = {"name": name, "status": status, "seconds": None if seconds is None else round(seconds, 3),
-                "rows": rows,
-                "started_at": (started_at.isoformat() if started_at else earlier.get("started_at", now.isoformat())),
-                "updated_at": now.isoformat()}
-        if status != "running":
-            step["finished_at"] = now.isoformat()
-        if detail:
-            step["detail"] = detail
-        return [other for other in steps if other["name"] != name] + [step]
-
-    _change_steps(run_id, change)
+    earlier = next((step for step in steps if step["name"] == name), {})
+    step = {"name": name, "status": status, "seconds": None if seconds is None else round(seconds, 3),
+            "rows": rows,
+            "started_at": (started_at.isoformat() if started_at else earlier.get("started_at", now.isoformat())),
+            "updated_at": now.isoformat()}
+    if status != "running":
+        step["finished_at"] = now.isoformat()
+    if detail:
+        step["detail"] = detail
+    return [other for other in steps if other["name"] != name] + [step]
 
 
 def start_step(run_id: str, name: str, detail: dict | None = None) -> None:
@@ -244,10 +246,11 @@ def finish_run(run_id: str, status: str, reason: str | None = None) -> bool:
     return True
 
 
-def publish(run_id: str, in_transaction=None) -> bool:
+def publish(run_id: str, in_transaction=None, step_seconds: float | None = None) -> bool:
     """Make run_id current in one transaction; the old current becomes the previous (for rollback).
 
-    `in_transaction(session, previous_run_id)` writes what must commit with the flip (tier history).
+    `in_transaction(session, previous_run_id)` writes what must commit with the flip (tier history);
+    the publish step is recorded in the same transaction, so a published run never shows it running.
     Returns False, changing nothing, when the run is no longer active (it failed or was taken over).
     """
     with db.session() as session:
@@ -264,6 +267,7 @@ def publish(run_id: str, in_transaction=None) -> bool:
         run.status = "published"
         run.published_at = now
         run.finished_at = now
+        run.steps = with_step(list(run.steps or []), "publish", "succeeded", step_seconds)
     return True
 
 

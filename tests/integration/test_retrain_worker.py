@@ -329,6 +329,10 @@ def assert_serving_is_whole() -> str | None:
     run = runs.get_run(current)
     assert run.status == "published"
     assert score_rows(current) == customer_count() == run.metrics["segments"]["customers_scored"]
+    # The Redis pointer flips right after the database commit: give it a moment to follow.
+    deadline = time.monotonic() + 10
+    while recommendation_pointer() != current and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert recommendation_pointer() == current
     return current
 
