@@ -261,12 +261,13 @@ class ListReader:
     def get_lists(self, version: str, kind: str, keys: list[str]) -> tuple[list, str | None]:
         """Payloads (bytes or None) of several lists of one kind, and the fallback used if any.
 
-        Shared lists (neighbours, bundles) come from the worker's cache when they can; per-customer
-        lists are read each time (there are too many customers to cache, and each is read rarely).
+        Bundles come from the worker's cache when they can. Neighbour lists are cached parsed by the
+        Recommender and the catalogue parsed by `catalogue()`, so caching their bytes here too would
+        hold each twice; per-customer lists are read each time (too many to cache, each read rarely).
         """
         if not keys:
             return [], None
-        cacheable = kind != "cust"
+        cacheable = kind == "bundles"
         found: dict[str, bytes | None] = {}
         if cacheable:
             with self._lists_lock:
