@@ -156,7 +156,7 @@ def make_key(database_url):
 @pytest.fixture
 def shop(segmentation_app):
     """The small factory shop (a quarter of it dormant), scored and published with a recommendation model."""
-    from shared.retrain import retrain_now
+    from services.pipeline.retrain import retrain_now
     from tests.factories import AS_OF, small_shop
 
     small_shop()

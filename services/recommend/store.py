@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from shared.extensions import db, redis_store
 from shared.models import RecommendationList
+from shared.runs import get_pointer, set_pointer
 
 log = logging.getLogger("segrec.recommend.store")
 _MISSING = object()
@@ -105,8 +106,6 @@ def decode_customer_lists(payload: bytes) -> CustomerLists:
 
 def set_database_version(version: str) -> None:
     """Record the served version in the database too (read when Redis is down)."""
-    from shared.runs import set_pointer
-
     with db.session() as session:
         set_pointer(session, DATABASE_POINTER, version)
 
@@ -229,8 +228,6 @@ class ListReader:
         return self._version, "database"
 
     def _database_version(self) -> str | None:
-        from shared.runs import get_pointer
-
         try:
             return get_pointer(DATABASE_POINTER)
         except Exception as error:  # the database may be down too: keep the last version we knew

@@ -38,7 +38,7 @@ from services.recommend.store import (
 from shared.extensions import db, redis_store
 from shared.frames import read_frame, write_frame
 from shared.models import RecommendationList
-from shared.runs import current_run_id
+from shared.runs import PREVIOUS_RUN, current_run_id, get_pointer
 
 log = logging.getLogger("segrec.recommend.training")
 
@@ -379,8 +379,6 @@ def publish_version(version: str) -> None:
 
 def prune_database_versions(keep: tuple[str, ...]) -> None:
     """Drop database copies of versions that are neither current nor previous."""
-    from shared.runs import PREVIOUS_RUN, get_pointer
-
     keep_versions = set(keep) | {value for value in (get_pointer(PREVIOUS_RUN),) if value}
     with db.session() as session:
         session.execute(delete(RecommendationList).where(RecommendationList.model_version.notin_(keep_versions)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from shared.celery_app import configure_celery
+from services.pipeline.celery_app import celery_init_app
 from shared.metrics import register_run_metrics
 from shared.web import (
     create_api,
@@ -41,7 +41,7 @@ def create_app(config: dict | None = None) -> Flask:
     app = Flask(__name__)
     register_config(app, config)
     register_extensions(app)
-    configure_celery(app.config)
+    celery_init_app(app)
     register_auth(app)
     api = create_api(app, "segmentation")
     register_blueprints(api)

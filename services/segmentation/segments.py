@@ -178,7 +178,7 @@ def stream_segment_csv(session: Session, dimension: str, value: str, batch_rows:
     return stream_rows_as_csv(session, result, MEMBER_COLUMNS, f"{dimension}={value}", batch_rows, logger=log)
 
 
-def _audience_conditions(filters: dict) -> list:
+def audience_conditions(filters: dict) -> list:
     """AND across fields, OR within a field; numeric fields take gte/gt/lte/lt bounds."""
     conditions = []
     for field_name, wanted in filters.items():
@@ -212,7 +212,7 @@ def _range_condition(field_name: str, column, bounds: dict):
 
 def query_audience(session: Session, filters: dict, limit: int, cursor: str | None) -> dict:
     """An ad-hoc audience: its size and its first (or next) page."""
-    conditions = _audience_conditions(filters)
+    conditions = audience_conditions(filters)
     kind = "audience"
     run_id, after = _page_run(session, cursor, kind)
     count = session.execute(
@@ -224,7 +224,7 @@ def query_audience(session: Session, filters: dict, limit: int, cursor: str | No
 
 def audience_statement(run_id: str, filters: dict):
     """SELECT of the customer ids matching an audience in a run (campaigns build on it)."""
-    return select(CustomerScore.customer_id).where(CustomerScore.run_id == run_id, *_audience_conditions(filters))
+    return select(CustomerScore.customer_id).where(CustomerScore.run_id == run_id, *audience_conditions(filters))
 
 
 def transitions(session: Session, dimension: str, from_run: str | None, to_run: str | None) -> dict:

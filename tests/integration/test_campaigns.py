@@ -23,11 +23,13 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 
+from services.pipeline.retrain import retrain_now
 from services.recommend.store import ListReader, customer_payloads, decode_customer_lists
 from services.segmentation import campaigns
+from services.segmentation.campaigns import build as campaign_build
 from shared.extensions import db
-from shared.models import CampaignMember, Customer, CustomerScore, Product
-from shared.retrain import retrain_now
+from shared.ingest import utcnow
+from shared.models import Campaign, CampaignMember, Customer, CustomerScore, Product
 from tests.factories import AS_OF, add_orders, small_shop
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,7 +123,7 @@ def test_win_back_builds_groups_offers_and_recommendations(client, writer, segme
         if member["group"] == "treatment":
             assert member["offer"]["kind"] == "percent_off" and member["offer"]["value"] == 15
             assert member["offer"]["expires_at"].startswith(
-                (campaigns.utcnow().date() + timedelta(days=10)).isoformat()[:8])
+                (utcnow().date() + timedelta(days=10)).isoformat()[:8])
             assert 1 <= len(member["recommended_skus"]) <= 3
             assert set(member["recommended_skus"]) <= sellable
             assert member["contacted_at"][:19] == launched[:19]
@@ -157,7 +159,7 @@ def test_same_key_same_body_is_the_same_campaign_other_body_conflicts(client, wr
 def test_interrupted_build_is_redone_without_duplicates(client, writer, segmentation_app, shop, monkeypatch):
     segmentation_app.config["CAMPAIGN_BUILD_CHUNK"] = 4
     campaign_id = post_campaign(client, writer, {"holdout_fraction": 0.5}).json["campaign_id"]
-    real_finish = campaigns._finish
+    real_finish = campaign_build._finish
     calls = []
 
     def finish_fails_once(*args, **kwargs):
@@ -166,7 +168,7 @@ def test_interrupted_build_is_redone_without_duplicates(client, writer, segmenta
             raise OperationalError("UPDATE campaigns", {}, Exception("connection lost"))
         return real_finish(*args, **kwargs)
 
-    monkeypatch.setattr(campaigns, "_finish", finish_fails_once)
+    monkeypatch.setattr(campaign_build, "_finish", finish_fails_once)
     with pytest.raises(OperationalError):
         campaigns.build_campaign(campaign_id, segmentation_app.config)
     with db.session() as session:
@@ -197,7 +199,7 @@ def test_failed_build_keeps_no_members(client, writer, segmentation_app, shop):
     campaign_id = post_campaign(client, writer, {}).json["campaign_id"]
     campaigns.build_campaign(campaign_id, segmentation_app.config)
     with db.session() as session:
-        session.execute(update(campaigns.Campaign).where(campaigns.Campaign.campaign_id == campaign_id)
+        session.execute(update(Campaign).where(Campaign.campaign_id == campaign_id)
                         .values(status="building"))
     campaigns.mark_failed(campaign_id, "SoftTimeLimitExceeded: took too long")
     body = client.get(f"/v1/campaigns/{campaign_id}", headers=writer).json
@@ -241,7 +243,7 @@ def test_bad_requests_are_422_and_create_nothing(client, writer, body, field, mo
     assert response.json["error"]["code"] == "validation_error"
     assert field in json.dumps(response.json["error"]["details"])
     with db.session() as session:
-        assert session.execute(select(func.count()).select_from(campaigns.Campaign)).scalar_one() == 0
+        assert session.execute(select(func.count()).select_from(Campaign)).scalar_one() == 0
 
 
 def test_empty_audience_is_ready_with_a_note(client, writer, segmentation_app, shop):
@@ -279,7 +281,7 @@ def test_opted_out_global_control_and_frequency_cap_are_left_out(client, writer,
     assert second_ids == member_ids - treated
 
     # Fifteen days later a 14-day cap no longer holds anyone back; a cap of 0 days never does.
-    later = campaigns.utcnow() + timedelta(days=15)
+    later = utcnow() + timedelta(days=15)
     third = create_and_build(client, writer, segmentation_app, {"frequency_cap_days": 14}, now=later)
     assert third["skipped"]["frequency_capped"] == 0
     uncapped = create_and_build(client, writer, segmentation_app, {"frequency_cap_days": 0})
@@ -303,7 +305,7 @@ def test_recommendations_are_read_in_bulk_and_skip_out_of_stock_items(client, wr
         customer_list_reads.append(len(customer_ids))
         return customer_payloads(version, customer_ids)
 
-    monkeypatch.setattr(campaigns, "customer_payloads", counting_reads)
+    monkeypatch.setattr(campaign_build, "customer_payloads", counting_reads)
     campaign = create_and_build(client, writer, segmentation_app, {"holdout_fraction": 0.2,
                                                                   "recommendations": {"limit": 4}})
     treated = campaign["treatment_size"]
@@ -518,7 +520,7 @@ def test_a_real_worker_builds_the_campaign_and_delivers_the_webhook(app_config, 
     log_path = tmp_path / "worker.log"
     with Receiver() as receiver, open(log_path, "w") as log_file:
         worker = subprocess.Popen(
-            [str(CELERY), "-A", "shared.worker", "worker", "--pool", "solo", "-Q", queue,
+            [str(CELERY), "-A", "services.pipeline.worker", "worker", "--pool", "solo", "-Q", queue,
              "-n", f"{queue}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
              "--loglevel", "INFO"],
             cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from services.admin.cli import main as segrec
+from services.pipeline.retrain import retrain_now
 from services.recommend.evaluation import leave_one_out_cases, time_ordered_split
-from shared.cli import main as segrec
-from shared.retrain import retrain_now
 from tests.conftest import SHARED_DATA
 
 GROCERIES = SHARED_DATA / "groceries.csv"

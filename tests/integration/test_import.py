@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from shared.cli import main as segrec
+from services.admin.cli import main as segrec
 from shared.extensions import db
 from shared.importer import canonical_order_hash, import_csv
 from shared.ingest import order_content_hash

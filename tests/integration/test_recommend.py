@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from services.pipeline.retrain import retrain_now
 from shared.redis_server import free_port
-from shared.retrain import retrain_now
 from tests.factories import AS_OF, add_products
 
 

@@ -29,7 +29,8 @@ from click.testing import CliRunner
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from shared import retrain, runs
+from services.pipeline import retrain
+from shared import runs
 from shared.extensions import db, redis_store
 from shared.models import CustomerScore, RecommendationList
 from shared.redis_server import EmbeddedRedis
@@ -71,7 +72,7 @@ class Workers:
         env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
         env.update({key: str(value) for key, value in self.settings.items()})
         command = [
-            str(CELERY), "-A", "shared.worker", "worker", "--pool", "prefork",
+            str(CELERY), "-A", "services.pipeline.worker", "worker", "--pool", "prefork",
             "--concurrency", str(self.concurrency), "-Q", self.settings["CELERY_QUEUE"],
             "--without-heartbeat", "--without-mingle", "--without-gossip",
             "-n", f"w-{uuid.uuid4().hex[:8]}@%h", "--loglevel", "INFO",
@@ -354,7 +355,7 @@ def assert_ended_cleanly(run, timeout: float = 10.0) -> None:
 
 def demo_shop(customers: int = 3000):
     """The demo shop (about 10 order lines per customer), written with the bulk helpers."""
-    from shared.demo import seed_demo_shop
+    from services.admin.demo import seed_demo_shop
 
     return seed_demo_shop(db, customers=customers, progress=False)
 
@@ -571,7 +572,7 @@ def test_database_outage_beyond_the_retries_fails_the_run_through_the_error_call
 
 def test_concurrent_triggers_start_one_run(database_url, make_app, admin, start_workers):
     postgres_only(database_url)
-    from shared.tasks import start_retrain
+    from services.pipeline.tasks import start_retrain
 
     small_shop()
     workers = start_workers()
@@ -614,7 +615,7 @@ def test_empty_shop_publishes_an_empty_run(database_url, make_app, admin, start_
 
 def test_unchanged_data_gives_the_same_result(database_url, make_app, start_workers):
     postgres_only(database_url)
-    from shared.tasks import start_retrain
+    from services.pipeline.tasks import start_retrain
 
     small_shop()
     workers = start_workers()
@@ -711,7 +712,7 @@ def test_lock_of_an_ended_or_silent_run_is_taken_over(bound_config):
 
 def test_rollback_command_flips_the_database_and_recommendation_pointers(database_url, segmentation_app,
                                                                          app_config):
-    from shared.cli import main
+    from services.admin.cli import main
 
     small_shop()
     first = retrain.retrain_now(segmentation_app.config, as_of=AS_OF)

@@ -8,9 +8,9 @@ import io
 import pytest
 from sqlalchemy import func, select
 
+from services.pipeline.retrain import retrain_now
 from shared.extensions import db
 from shared.models import TierHistory
-from shared.retrain import retrain_now
 from tests.factories import AS_OF, add_orders
 
 

@@ -31,7 +31,7 @@ import requests
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from shared.demo import generate_shop  # noqa: E402
+from services.admin.demo import generate_shop  # noqa: E402
 from shared.dbadmin import upgrade  # noqa: E402
 from shared.extensions import db  # noqa: E402
 from shared.importer import import_csv  # noqa: E402

@@ -4,7 +4,7 @@ Not collected by pytest. Run:  .venv/bin/python tests/perf/bench_retrain.py --cu
 
 1. Builds (once) or reuses the demo shop of that size (about 10 order lines per customer) in its own
    PostgreSQL database (tests/perf/benchdb.py).
-2. For each worker count (default 1 then 2): starts `celery -A shared.worker worker --pool prefork
+2. For each worker count (default 1 then 2): starts `celery -A services.pipeline.worker worker --pool prefork
    --concurrency N` on a queue and Redis key prefix of its own, empties the run outputs (so every run
    starts from the same state: same data, same as_of, no previous run), triggers a run the way the
    API does (begin_run + launch_workflow), and waits for it to end.
@@ -30,8 +30,8 @@ from sqlalchemy import text
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from services.pipeline.celery_app import configure_celery  # noqa: E402
 from shared import runs  # noqa: E402
-from shared.celery_app import configure_celery  # noqa: E402
 from shared.config import load_config  # noqa: E402
 from shared.extensions import db, redis_store  # noqa: E402
 from tests.perf.benchdb import SEEDED_MARKER, ensure_bench_shop  # noqa: E402
@@ -63,7 +63,7 @@ def start_worker(settings: dict, concurrency: int, log_path: Path) -> subprocess
     """A prefork worker on the run's queue; returns once it logs that it is ready."""
     env = {**os.environ, **{key: str(value) for key, value in settings.items()}}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    command = [str(CELERY), "-A", "shared.worker", "worker", "--pool", "prefork", "--concurrency", str(concurrency),
+    command = [str(CELERY), "-A", "services.pipeline.worker", "worker", "--pool", "prefork", "--concurrency", str(concurrency),
                "-Q", settings["CELERY_QUEUE"], "--without-heartbeat", "--without-mingle", "--without-gossip",
                "-n", f"bench-{uuid.uuid4().hex[:6]}@%h", "--loglevel", "INFO"]
     with log_path.open("wb") as log_file:
@@ -81,8 +81,8 @@ def start_worker(settings: dict, concurrency: int, log_path: Path) -> subprocess
 
 def measure(url: str, as_of, concurrency: int, shard_size: int, log_dir: Path) -> dict:
     """One whole run on `concurrency` worker processes: step seconds, rows, and the wall time."""
-    from shared import retrain
-    from shared.tasks import launch_workflow
+    from services.pipeline import retrain
+    from services.pipeline.tasks import launch_workflow
 
     prefix = f"segrec-bench-{uuid.uuid4().hex[:8]}"
     settings = {"DATABASE_URL": url, "REDIS_URL": REDIS_URL, "REDIS_PREFIX": prefix,

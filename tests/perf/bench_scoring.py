@@ -85,7 +85,7 @@ def bench_csv_export(database_url: str, dimension: str | None = None, value: str
 
     from services.segmentation.app import create_app
     from shared.auth import create_key
-    from shared.retrain import retrain_now
+    from services.pipeline.retrain import retrain_now
 
     config = {"DATABASE_URL": database_url, "REDIS_URL": "redis://127.0.0.1:6379/0", "REDIS_PREFIX": "bench-scoring",
               "API_KEY_CACHE_SECONDS": 30}

@@ -30,10 +30,10 @@ import requests  # noqa: E402
 from shared.auth import create_key  # noqa: E402
 from shared.config import load_config  # noqa: E402
 from shared.dbadmin import upgrade  # noqa: E402
-from shared.demo import seed_demo_shop  # noqa: E402
+from services.admin.demo import seed_demo_shop  # noqa: E402
 from shared.extensions import db, redis_store  # noqa: E402
 from shared.redis_server import free_port  # noqa: E402
-from shared.retrain import retrain_now  # noqa: E402
+from services.pipeline.retrain import retrain_now  # noqa: E402
 
 ADMIN_URL = os.environ.get("SEGREC_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 CART_LUA = """

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 
 from shared.dbadmin import alembic_config, upgrade
 from shared.models import Base
-from shared.demo import seed_demo_shop
+from services.admin.demo import seed_demo_shop
 from shared.extensions import db
 
 ADMIN_URL = os.environ.get("SEGREC_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

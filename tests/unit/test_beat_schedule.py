@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from shared.celery_app import celery_app, configure_celery
+from services.pipeline.celery_app import celery_app, configure_celery
 from shared.config import load_config
 
 

@@ -8,7 +8,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from shared.demo import (
+from services.admin.demo import (
     ARCHETYPES,
     DEFAULT_AS_OF,
     KINDS,

@@ -6,7 +6,8 @@ from flask import Response, current_app, request, stream_with_context
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from services.segmentation import campaigns, tasks
+from services.segmentation import campaigns
+from services.segmentation.campaigns import tasks
 from services.segmentation.schemas import (
     CampaignCsvArgsSchema,
     CampaignMemberArgsSchema,

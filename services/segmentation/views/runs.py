@@ -6,9 +6,10 @@ from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from services.pipeline import retrain
+from services.pipeline.tasks import launch_workflow
 from services.segmentation.schemas import RunListArgsSchema, RunListSchema, RunSchema
-from shared import retrain, runs
-from shared.tasks import launch_workflow
+from shared import runs
 from shared.web import require_scope
 
 blp = Blueprint("runs", __name__, url_prefix="/v1", description="Training runs")

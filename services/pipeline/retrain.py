@@ -2,7 +2,7 @@
 
 Each step takes a run id (and a shard range), reads what it needs from the database or Redis and
 writes its results under the run id, so a step can be retried and the same functions serve the
-synchronous `segrec retrain` and the Celery workflow in shared/tasks.py.
+synchronous `segrec retrain` and the Celery workflow in services/pipeline/tasks.py.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import DateTime, String, delete, func, insert, literal, or_, select
 
+from services.recommend.training import publish_version, train_and_stage, warm_cache
 from services.segmentation.scoring import CustomerScorer
 from services.segmentation.snapshot import (
     load_customer_frame,
@@ -191,8 +192,6 @@ def step_score_all(run_id: str, shards: list[tuple[str | None, str | None]]) -> 
 
 def step_train_recommendations(run_id: str, config: dict) -> dict:
     """Train the recommendation models and stage their lists under the run's version."""
-    from services.recommend.training import train_and_stage
-
     run = runs.get_run(run_id)
     with runs.timed_step(run_id, "train_recommendations") as info:
         metrics = train_and_stage(run_id, run.as_of, config)
@@ -236,8 +235,6 @@ def step_evaluate_and_publish(run_id: str, config: dict) -> Run:
     Safe to repeat: a run already published only re-flips the recommendation pointer (the database
     flip committed, the Redis one may not have), and an ended run is left as it is.
     """
-    from services.recommend.training import publish_version, warm_cache
-
     lock = runs.RunLock(config["RETRAIN_LOCK_SECONDS"])
     run = runs.get_run(run_id)
     if run.status == "published":

@@ -86,8 +86,8 @@ def _start_processes(env: dict, segmentation_port: int, recommend_port: int) -> 
          "services.segmentation.app:create_app()"],
         [_bin("gunicorn"), "-c", gunicorn_conf, "--bind", f"127.0.0.1:{recommend_port}",
          "services.recommend.app:create_app()"],
-        [_bin("celery"), "-A", "shared.worker", "worker", "--loglevel", "INFO", "--concurrency", "2"],
-        [_bin("celery"), "-A", "shared.worker", "beat", "--loglevel", "INFO",
+        [_bin("celery"), "-A", "services.pipeline.worker", "worker", "--loglevel", "INFO", "--concurrency", "2"],
+        [_bin("celery"), "-A", "services.pipeline.worker", "beat", "--loglevel", "INFO",
          "--schedule", str(Path(env.get("VAR_DIR", REPO_ROOT / "var")) / "celerybeat-schedule")],
     ]
     return [subprocess.Popen(command, env=api_env, cwd=REPO_ROOT) for command in commands]

@@ -1,7 +1,8 @@
-"""Celery tasks of campaigns: thin wrappers that pass campaign ids and call services/segmentation/campaigns.py.
+"""Celery tasks of campaigns: thin wrappers that pass campaign ids and call the campaigns package.
 
-build (members, then one delivery task per webhook batch) -> deliver_webhook. Both acknowledge late, so a task
-whose worker dies is redelivered; both are idempotent (a build redoes an interrupted attempt from scratch and
+build (members, then one delivery task per webhook batch) -> deliver_webhook. Both are declared with
+`segrec_task` (acknowledged late, so a task whose worker dies is redelivered; transient database or Redis
+errors retried with backoff); both are idempotent (a build redoes an interrupted attempt from scratch and
 leaves a ready campaign alone; a delivered batch is not sent again).
 """
 
@@ -10,91 +11,77 @@ from __future__ import annotations
 import logging
 
 import redis
-from celery import Task
 from kombu.exceptions import OperationalError as BrokerError
 
-from services.segmentation import campaigns
-from shared.celery_app import celery_app
+from services.pipeline.celery_app import SegrecTask, segrec_config, segrec_task
+from services.segmentation.campaigns import build as campaign_build
+from services.segmentation.campaigns import webhooks
 from shared.errors import Unavailable
-from shared.tasks import TRANSIENT_ERRORS
 
 log = logging.getLogger("segrec.campaigns.tasks")
 
 # Fallback limits; enqueue_build passes the configured CAMPAIGN_BUILD_TIME_LIMIT with each message.
 BUILD_TIME_LIMIT = 900
 BUILD_SOFT_MARGIN = 30
+# Receiver failures are bounded by WEBHOOK_MAX_ATTEMPTS in the delivery row; this bounds outages of our own.
+WEBHOOK_TASK_RETRIES = 50
 
 
-def _config() -> dict:
-    return celery_app.segrec_config
-
-
-class CampaignBuildTask(Task):
+class CampaignBuildTask(SegrecTask):
     """Marks the campaign failed, with the reason, once the build has given up (retries spent or a real error)."""
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         campaign_id = args[0] if args else kwargs.get("campaign_id")
         try:
-            campaigns.mark_failed(campaign_id, f"{type(exc).__name__}: {exc}")
+            campaign_build.mark_failed(campaign_id, f"{type(exc).__name__}: {exc}")
         except Exception:  # the database may be what failed; the log keeps the reason
             log.exception("could not mark campaign %s failed", campaign_id)
 
 
-@celery_app.task(
-    name="segrec.campaigns.build",
-    bind=True,
+@segrec_task(
+    "segrec.campaigns.build",
     base=CampaignBuildTask,
-    acks_late=True,
-    autoretry_for=TRANSIENT_ERRORS,
-    retry_backoff=2,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=6,
     time_limit=BUILD_TIME_LIMIT,
     soft_time_limit=BUILD_TIME_LIMIT - BUILD_SOFT_MARGIN,
 )
 def build(self, campaign_id: str) -> dict:
     """Build a campaign's members, then queue its webhook batches."""
+    config = segrec_config()
     try:
-        result = campaigns.build_campaign(campaign_id, _config())
-    except campaigns.BuildInProgress as busy:
+        result = campaign_build.build_campaign(campaign_id, config)
+    except campaign_build.BuildInProgress as busy:
         # Builds run one at a time (frequency caps): wait for the others, for up to an hour or so.
         raise self.retry(countdown=30, max_retries=30, exc=busy)
     for batch_no in result.webhook_batches:
-        deliver_webhook.apply_async((campaign_id, batch_no), queue=_config()["CELERY_QUEUE"])
+        deliver_webhook.apply_async((campaign_id, batch_no), queue=config["CELERY_QUEUE"])
     return {"campaign_id": campaign_id, "status": result.status, "seconds": result.seconds}
 
 
-class WebhookDeliveryTask(Task):
+class WebhookDeliveryTask(SegrecTask):
     """Marks the batch failed once its task gives up (retries spent on database or Redis outages, or a bug)."""
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         campaign_id, batch_no = args[0], args[1]
         try:
-            campaigns.give_up_webhook(campaign_id, batch_no, f"{type(exc).__name__}: {exc}")
+            webhooks.give_up_webhook(campaign_id, batch_no, f"{type(exc).__name__}: {exc}")
         except Exception:
             log.exception("could not mark webhook batch %s/%s failed", campaign_id, batch_no)
 
 
-@celery_app.task(
-    name="segrec.campaigns.deliver_webhook",
-    bind=True,
+@segrec_task(
+    "segrec.campaigns.deliver_webhook",
     base=WebhookDeliveryTask,
-    acks_late=True,
-    # Receiver failures are bounded by WEBHOOK_MAX_ATTEMPTS in the delivery row; this bounds outages of our own.
-    max_retries=50,
+    max_retries=WEBHOOK_TASK_RETRIES,
     time_limit=120,
     soft_time_limit=90,
 )
 def deliver_webhook(self, campaign_id: str, batch_no: int) -> str:
     """POST one batch of members to the campaign's webhook; retry with backoff while the receiver is failing."""
     try:
-        return campaigns.deliver_webhook_batch(campaign_id, batch_no, _config())
-    except campaigns.WebhookRetry as retry:
+        return webhooks.deliver_webhook_batch(campaign_id, batch_no, segrec_config())
+    except webhooks.WebhookRetry as retry:
         # The attempt count lives in the delivery row, which decides when to stop (WEBHOOK_MAX_ATTEMPTS).
         raise self.retry(countdown=retry.countdown)
-    except TRANSIENT_ERRORS as error:
-        raise self.retry(countdown=30, exc=error)
 
 
 def enqueue_build(campaign_id: str, config: dict) -> None:

@@ -1,4 +1,4 @@
-"""Entry point of Celery worker and beat processes: `celery -A shared.worker worker`.
+"""Entry point of Celery worker and beat processes: `celery -A services.pipeline.worker worker`.
 
 Like Flask's examples/celery make_celery.py, this module builds the configured app when imported;
 nothing else imports it. It also installs structured logging: one JSON object per line on stderr,
@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from celery import current_task
 from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init
 
-from shared.celery_app import configure_celery
+from services.pipeline.celery_app import configure_celery, segrec_config
 from shared.config import load_config
 from shared.extensions import db, redis_store
 from shared.web import DEFAULT_REDIS_URL
@@ -114,7 +114,7 @@ def build_worker_app(overrides: dict | None = None):
 def reset_connections_after_fork(**_kwargs) -> None:
     """A forked pool process must not share the parent's database connections."""
     db.dispose()
-    db.configure(celery.segrec_config["DATABASE_URL"])
+    db.configure(segrec_config()["DATABASE_URL"])
 
 
 celery = build_worker_app()

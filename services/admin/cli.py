@@ -144,7 +144,7 @@ def demo_group() -> None:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def demo_seed(customers: int, seed: int | None, skus: int, as_of, if_empty: bool, progress: bool) -> None:
     """Create a deterministic synthetic shop (about 10 order lines per customer): same seed and date, same shop."""
-    from shared.demo import database_has_orders, seed_demo_shop
+    from services.admin.demo import database_has_orders, seed_demo_shop
     from shared.ingest import utcnow
 
     config = _settings()
@@ -165,7 +165,7 @@ def demo_seed(customers: int, seed: int | None, skus: int, as_of, if_empty: bool
 @click.option("--as-of", type=click.DateTime(), default=None, help="Score as of this time (UTC; default now).")
 def retrain(if_none_published: bool, as_of) -> None:
     """Run the whole retrain now, in this process, printing each step's time."""
-    from shared.retrain import RetrainInProgress, retrain_now
+    from services.pipeline.retrain import RetrainInProgress, retrain_now
     from shared.runs import current_run_id
 
     config = _settings()
@@ -235,6 +235,6 @@ def runs_rollback() -> None:
 @click.option("--demo-customers", default=2000, show_default=True)
 def run_command(segmentation_port: int, recommend_port: int, demo_customers: int) -> None:
     """The whole stack for local use: Redis, migrations, demo shop, training, both APIs, worker and beat."""
-    from shared.stack import run_stack
+    from services.admin.stack import run_stack
 
     run_stack(segmentation_port, recommend_port, demo_customers)

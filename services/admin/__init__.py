@@ -1,0 +1,1 @@
+"""Operator tools: the `segrec` command, the `segrec run` supervisor and the demo shop."""

@@ -1,0 +1,127 @@
+"""Celery tasks of the retrain workflow: thin wrappers that pass run ids and call services/pipeline/retrain.py.
+
+prepare (snapshot + fit) -> chord(score_shard per customer-id range) -> finish_scoring
+-> train_recommendations -> publish, with mark_failed as the error callback of every task (Celery
+carries link_error through `replace` into the chord's header and body).
+
+Every task is idempotent (it rewrites what it owns under the run id, and does nothing once the run
+has ended) and declared with `segrec_task`: it acks late so a task whose worker process dies is
+redelivered, runs under the configured time limits, and retries with exponential backoff when the
+database or Redis drops out.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from celery import chain, chord, group
+
+from services.pipeline import retrain
+from services.pipeline.celery_app import celery_app, segrec_config, segrec_task
+from shared import runs
+
+log = logging.getLogger("segrec.tasks")
+
+# The error callback must outlive an outage longer than the steps' own retry budget.
+MARK_FAILED_RETRIES = 30
+
+
+@segrec_task("segrec.retrain.start")
+def start_retrain(self, trigger: str = "schedule", as_of: str | None = None) -> str:
+    """Beat's entry point: begin a run (or find the one under way) and launch its workflow; returns its id."""
+    try:
+        run = retrain.begin_run(segrec_config(), as_of=datetime.fromisoformat(as_of) if as_of else None,
+                                trigger=trigger)
+    except retrain.RetrainInProgress as busy:
+        return busy.run_id
+    launch_workflow(run.run_id)
+    return run.run_id
+
+
+def launch_workflow(run_id: str) -> None:
+    """Queue the steps of a begun run; if they cannot be queued, the run fails and frees the lock."""
+    try:
+        prepare.apply_async((run_id,), link_error=mark_failed.s(run_id=run_id))
+    except Exception as error:
+        retrain.fail_run(run_id, segrec_config(), f"could not queue the workflow: {type(error).__name__}: {error}")
+        raise
+
+
+@segrec_task("segrec.retrain.prepare")
+def prepare(self, run_id: str):
+    """Snapshot and fit on everyone, then fan out one scoring task per customer-id shard."""
+    config = segrec_config()
+    if not retrain.still_running(run_id, config):
+        return None
+    shards = retrain.step_snapshot(run_id, config)
+    retrain.step_fit(run_id, config)
+    # The score step is recorded as running from here; finish_scoring closes it with the wall time.
+    runs.start_step(run_id, retrain.SCORE_STEP, {"shards": len(shards)})
+    rest = chain(
+        finish_scoring.si(run_id, len(shards)),
+        train_recommendations.si(run_id),
+        publish.si(run_id),
+    )
+    if not shards:
+        return self.replace(rest)
+    return self.replace(chord(group(score_shard.si(run_id, low, high) for low, high in shards), rest))
+
+
+@segrec_task("segrec.retrain.score_shard")
+def score_shard(self, run_id: str, low: str | None, high: str | None) -> int:
+    """Score one customer-id range (rewrites the range's rows, so a retry never duplicates)."""
+    if not retrain.still_running(run_id, segrec_config()):
+        return 0
+    return retrain.step_score_shard(run_id, low, high)
+
+
+@segrec_task("segrec.retrain.finish_scoring")
+def finish_scoring(self, run_id: str, shard_count: int) -> int | None:
+    """Record the fan-out's wall time and row count as one step."""
+    if not retrain.still_running(run_id, segrec_config()):
+        return None
+    return retrain.finish_scoring(run_id, shard_count)
+
+
+@segrec_task("segrec.retrain.train_recommendations")
+def train_recommendations(self, run_id: str) -> None:
+    """Train and stage the recommendation lists under the run's version."""
+    if not retrain.still_running(run_id, segrec_config()):
+        return
+    retrain.step_train_recommendations(run_id, segrec_config())
+
+
+@segrec_task("segrec.retrain.publish")
+def publish(self, run_id: str) -> str:
+    """Evaluate against the current run and publish, or reject with the reason (safe to repeat)."""
+    run = runs.get_run(run_id)
+    if run.status in runs.ACTIVE_STATUSES and not retrain.still_running(run_id, segrec_config()):
+        return runs.get_run(run_id).status
+    return retrain.step_evaluate_and_publish(run_id, segrec_config()).status
+
+
+@segrec_task("segrec.retrain.mark_failed", max_retries=MARK_FAILED_RETRIES)
+def mark_failed(self, failed_task_id: str | None = None, *, run_id: str) -> None:
+    """Error callback: the run failed with the failed task's error; release the lock so the next run can start.
+
+    Celery sends it as a task of its own (it is bound, so the backend queues it rather than calling it
+    in place) with the failed task's id first, except on chord header tasks, where Celery links an
+    immutable copy (hence run_id by keyword). It retries through outages like the steps do, with a larger
+    budget.
+    """
+    run = runs.get_run(run_id)
+    if run.status not in runs.ACTIVE_STATUSES:
+        return
+    retrain.fail_run(run_id, segrec_config(), failure_reason(failed_task_id, run))
+
+
+def failure_reason(failed_task_id: str | None, run) -> str:
+    """The failed task's exception as stored by the result backend, else the last failed step's error."""
+    error = celery_app.AsyncResult(failed_task_id).result if failed_task_id else None
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}"
+    failed_steps = [step for step in run.steps if step["status"] == "failed"]
+    if failed_steps and failed_steps[-1].get("detail", {}).get("error"):
+        return failed_steps[-1]["detail"]["error"]
+    return f"task {failed_task_id} of the workflow failed"
