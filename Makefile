@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test install unit integration bench clean
+.PHONY: run test lint install unit integration bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ install: $(STAMP)
 run: install
 	$(BIN)/segrec run
 
-## test: the whole suite on SQLite, and on PostgreSQL when it is reachable, with a real Redis.
+## lint: the import rules of pyproject.toml's [tool.importlinter] (shared never imports services, pure domain modules).
+lint: install
+	$(BIN)/lint-imports
+
+## test: the whole suite on SQLite, and on PostgreSQL when it is reachable, with a real Redis (CI lints first).
 test: install
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 

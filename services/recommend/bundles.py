@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.recommend.cooccurrence import _top_n_per_row
+from services.recommend.cooccurrence import top_n_per_row
 
 
 class InvalidBundleInputError(ValueError):
@@ -113,7 +113,7 @@ def build_bundles(
     rows, cols, pair_scores, pair_counts = rows[eligible], cols[eligible], pair_scores[eligible], pair_counts[eligible]
     clears_stock = (abc[cols] == "C") & np.isin(abc[rows], ("A", "B"))
     ranking = pair_scores * np.where(clears_stock, 1.0 + slow_mover_boost, 1.0)
-    top = _top_n_per_row(rows, cols, ranking, max(bundles_per_anchor, 2))
+    top = top_n_per_row(rows, cols, ranking, max(bundles_per_anchor, 2))
     rows, cols, pair_counts, clears_stock, ranking = rows[top], cols[top], pair_counts[top], clears_stock[top], ranking[top]
 
     bundles = []

@@ -82,7 +82,7 @@ def _binary_csr(baskets) -> sp.csr_matrix:
     return matrix
 
 
-def _top_n_per_row(rows, cols, values, n):
+def top_n_per_row(rows, cols, values, n):
     """Keep the n largest values of every row (ties: lower column first); returns indices in sorted order.
 
     One stable sort of a 64-bit key (row in the high half, the value's descending rank quantised to 32
@@ -220,7 +220,7 @@ class CoPurchaseModel(BaseEstimator):
             scores = excess / (item_weight[rows] + self.shrinkage)
             positive = scores > 0
             rows, cols, scores, raw_counts = rows[positive], cols[positive], scores[positive], raw_counts[positive]
-            top = _top_n_per_row(rows, cols, scores, self.n_neighbors)
+            top = top_n_per_row(rows, cols, scores, self.n_neighbors)
             kept_rows.append(rows[top])
             kept_cols.append(cols[top])
             kept_scores.append(scores[top])

@@ -37,7 +37,7 @@ from sklearn.base import BaseEstimator
 from sklearn.decomposition import TruncatedSVD
 from sklearn.exceptions import NotFittedError
 
-from services.recommend.cooccurrence import CoPurchaseModel, _top_n_per_row
+from services.recommend.cooccurrence import CoPurchaseModel, top_n_per_row
 
 
 class InvalidCustomerMatrixError(ValueError):
@@ -191,7 +191,7 @@ class ForYouModel(BaseEstimator):
                 excluded = sp.csr_matrix(exclude[customers], dtype=bool)
                 keep &= ~np.asarray(excluded[merged.row, merged.col]).ravel()
             row, col, scores = merged.row[keep].astype(np.int64), merged.col[keep].astype(np.int64), scores[keep]
-            top = _top_n_per_row(row, col, scores, n)
+            top = top_n_per_row(row, col, scores, n)
             row, col, scores = row[top], col[top], scores[top]
             rank = np.arange(row.size) - np.searchsorted(row, row, side="left")
             items_out[customers[row], rank] = col
