@@ -25,6 +25,8 @@ with (``time_unit_days`` days per unit; 7 = weeks, as in the CDNOW papers).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
@@ -35,6 +37,7 @@ __all__ = [
     "FitFailed",
     "NotFittedError",
     "BetaGeoModel",
+    "ClvHorizon",
     "GammaGammaModel",
     "compress_customers",
     "customer_lifetime_value",
@@ -490,27 +493,29 @@ def _periods_per_month(time_unit_days: float) -> float:
     return AVERAGE_DAYS_PER_MONTH / time_unit_days
 
 
-def customer_lifetime_value(
-    bg_model,
-    gg_model,
-    frequency,
-    recency,
-    T,
-    monetary_value,
-    months=12,
-    discount_rate=0.01,
-    time_unit_days=7,
-):
-    """Discounted expected spend over the next ``months`` months (lifetimes' definition).
+@dataclass(frozen=True)
+class ClvHorizon:
+    """How far ahead CLV looks and how it discounts: ``months`` ahead, ``discount_rate`` per month.
+
+    ``time_unit_days`` is the time unit the BG/NBD model was fitted with (7 for weeks, 1 for days).
+    """
+
+    months: int = 12
+    discount_rate: float = 0.01
+    time_unit_days: float = 7
+
+
+def customer_lifetime_value(bg_model, gg_model, frequency, recency, T, monetary_value, horizon=ClvHorizon()):
+    """Discounted expected spend over the next ``horizon.months`` months (lifetimes' definition).
 
     CLV = sum_{k=1..months} (E[purchases up to month k] - E[purchases up to month k-1])
           * E[spend per purchase] / (1 + discount_rate) ** k
 
     ``recency`` and ``T`` are in the time unit the BG/NBD model was fitted with
-    (``time_unit_days`` days each: 7 for weeks, 1 for days). A month is 4.345
-    weeks or 30 days, exactly as lifetimes (``freq="W"``/``"D"``); other units
-    use 365.25/12 days. ``discount_rate`` is per month.
+    (``horizon.time_unit_days`` days each). A month is 4.345 weeks or 30 days,
+    exactly as lifetimes (``freq="W"``/``"D"``); other units use 365.25/12 days.
     """
+    months, discount_rate, time_unit_days = horizon.months, horizon.discount_rate, horizon.time_unit_days
     if months < 0 or int(months) != months:
         raise InvalidInput("months must be a non-negative whole number")
     if discount_rate <= -1:

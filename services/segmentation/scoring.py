@@ -13,7 +13,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from services.segmentation.clv import BetaGeoModel, FitFailed, GammaGammaModel, customer_lifetime_value
+from services.segmentation.clv import BetaGeoModel, ClvHorizon, FitFailed, GammaGammaModel, customer_lifetime_value
 from services.segmentation.clv import InvalidInput as InvalidClvInput
 from services.segmentation.community import CommunityRules, assign_community_layer
 from services.segmentation.lifecycle import LifecycleRules, assign_lifecycle, estimate_typical_gap_days
@@ -77,7 +77,11 @@ def buy_till_you_die_inputs(frame: pd.DataFrame, as_of: datetime, time_unit_days
 
 
 class CustomerScorer:
-    """Scores customers; fit on everyone, transform shard by shard."""
+    """Scores customers; fit on everyone, transform shard by shard.
+
+    The CLV hyper-parameters (months ahead, monthly discount, the model's time unit) travel together in
+    `clv_horizon` (a ClvHorizon; None: its defaults, 12 months at 1 % a month in weeks).
+    """
 
     def __init__(
         self,
@@ -86,9 +90,7 @@ class CustomerScorer:
         tier_rules: TierRules | None = None,
         lifecycle_rules: LifecycleRules | None = None,
         community_rules: CommunityRules | None = None,
-        time_unit_days: float = 7.0,
-        discount_rate: float = 0.01,
-        clv_months: int = 12,
+        clv_horizon: ClvHorizon | None = None,
         penalizer_coef: float = 0.0,
     ) -> None:
         self.window_days = window_days
@@ -96,10 +98,12 @@ class CustomerScorer:
         self.tier_rules = tier_rules
         self.lifecycle_rules = lifecycle_rules
         self.community_rules = community_rules
-        self.time_unit_days = time_unit_days
-        self.discount_rate = discount_rate
-        self.clv_months = clv_months
+        self.clv_horizon = clv_horizon
         self.penalizer_coef = penalizer_coef
+
+    @property
+    def _horizon(self) -> ClvHorizon:
+        return self.clv_horizon or ClvHorizon()
 
     def fit(self, frame: pd.DataFrame, as_of: datetime) -> CustomerScorer:
         """Learn the population's RFM edges and the BG/NBD and Gamma-Gamma parameters."""
@@ -112,7 +116,8 @@ class CustomerScorer:
         self.rfm_ = RFMScorer(window_days=self.window_days, segment_map=self.segment_map).fit(
             self._rfm_inputs(frame)
         )
-        inputs = buy_till_you_die_inputs(frame, self.as_of_, self.time_unit_days).dropna(subset=["frequency"])
+        inputs = buy_till_you_die_inputs(frame, self.as_of_, self._horizon.time_unit_days).dropna(
+            subset=["frequency"])
         self.bg_ = None
         self.gg_ = None
         self.clv_summary_ = {"buyers": int(len(inputs)), "repeat_buyers": int((inputs["frequency"] > 0).sum())}
@@ -192,7 +197,8 @@ class CustomerScorer:
         return scores[list(SCORE_COLUMNS)]
 
     def _lifetime_value(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        inputs = buy_till_you_die_inputs(frame, self.as_of_, self.time_unit_days)
+        horizon = self._horizon
+        inputs = buy_till_you_die_inputs(frame, self.as_of_, horizon.time_unit_days)
         size = len(frame)
         p_alive = np.full(size, np.nan)
         expected_orders = np.zeros(size)
@@ -205,13 +211,12 @@ class CustomerScorer:
         age = inputs["T"].to_numpy()[buyers]
         p_alive[buyers] = self.bg_.conditional_probability_alive(frequency, recency, age)
         expected_orders[buyers] = self.bg_.conditional_expected_number_of_purchases_up_to_time(
-            90.0 / self.time_unit_days, frequency, recency, age
+            90.0 / horizon.time_unit_days, frequency, recency, age
         )
         if self.gg_ is not None:
             monetary_value = inputs["monetary_value"].to_numpy()[buyers]
             expected_value[buyers] = customer_lifetime_value(
-                self.bg_, self.gg_, frequency, recency, age, monetary_value,
-                months=self.clv_months, discount_rate=self.discount_rate, time_unit_days=self.time_unit_days,
+                self.bg_, self.gg_, frequency, recency, age, monetary_value, horizon
             )
         return p_alive, expected_orders, expected_value
 

@@ -12,6 +12,7 @@ from scipy.special import hyp2f1
 
 from services.segmentation.clv import (
     BetaGeoModel,
+    ClvHorizon,
     FitFailed,
     GammaGammaModel,
     InvalidInput,
@@ -351,7 +352,8 @@ def _compare_with_lifetimes(BetaGeoFitter, GammaGammaFitter, cdnow_summary):
         reference_bg, frequency, recency, T, monetary_value, time=12, discount_rate=0.01, freq="W"
     )
     ours_clv = customer_lifetime_value(
-        ours_bg, ours_gg, frequency, recency, T, monetary_value, months=12, discount_rate=0.01, time_unit_days=7
+        ours_bg, ours_gg, frequency, recency, T, monetary_value,
+        ClvHorizon(months=12, discount_rate=0.01, time_unit_days=7),
     )
     np.testing.assert_allclose(ours_clv, np.asarray(reference_clv), rtol=1e-8)
 
@@ -372,11 +374,12 @@ def test_clv_definition_by_hand():
             - bg.conditional_expected_number_of_purchases_up_to_time((month - 1) * 4.345, frequency, recency, T)[0]
         )
         by_hand += purchases_in_month * spend / 1.01**month
-    clv = customer_lifetime_value(bg, gg, frequency, recency, T, monetary_value, months=3)
+    clv = customer_lifetime_value(bg, gg, frequency, recency, T, monetary_value, ClvHorizon(months=3))
     assert clv[0] == pytest.approx(by_hand, rel=1e-12)
-    undiscounted = customer_lifetime_value(bg, gg, frequency, recency, T, monetary_value, months=3, discount_rate=0)
+    undiscounted = customer_lifetime_value(bg, gg, frequency, recency, T, monetary_value,
+                                          ClvHorizon(months=3, discount_rate=0))
     assert undiscounted[0] > clv[0]
-    assert customer_lifetime_value(bg, gg, frequency, recency, T, monetary_value, months=0)[0] == 0.0
+    assert customer_lifetime_value(bg, gg, frequency, recency, T, monetary_value, ClvHorizon(months=0))[0] == 0.0
 
 
 def test_clv_daily_units_equal_weekly_units_up_to_month_length():
@@ -387,10 +390,11 @@ def test_clv_daily_units_equal_weekly_units_up_to_month_length():
     gg = _published_gg_model()
     frequency = CUSTOMERS["frequency"]
     weekly_clv = customer_lifetime_value(
-        weekly, gg, frequency, CUSTOMERS["recency"], CUSTOMERS["T"], np.full(6, 30.0), time_unit_days=7
+        weekly, gg, frequency, CUSTOMERS["recency"], CUSTOMERS["T"], np.full(6, 30.0), ClvHorizon(time_unit_days=7)
     )
     daily_clv = customer_lifetime_value(
-        daily, gg, frequency, CUSTOMERS["recency"] * 7, CUSTOMERS["T"] * 7, np.full(6, 30.0), time_unit_days=1
+        daily, gg, frequency, CUSTOMERS["recency"] * 7, CUSTOMERS["T"] * 7, np.full(6, 30.0),
+        ClvHorizon(time_unit_days=1),
     )
     # lifetimes' month is 4.345 weeks (30.415 days) vs 30 days: ~1.4% shorter months for daily models.
     np.testing.assert_allclose(daily_clv, weekly_clv, rtol=0.02)
