@@ -363,15 +363,40 @@ def _generate_block(catalogue: Catalogue, number: int, start: int, size: int, se
         channels=[CHANNELS[index] for index in channel_index], community_member=community, opted_out=opted_out,
         archetypes=names.tolist(),
     )
-    _generate_orders(block, catalogue, rng, order_counts, first_order, last_order, names, favourite_category,
-                     category_names, habit_sku, has_habit, first_order_number, joined, as_of_s)
+    customers = BlockCustomers(names=names, order_counts=order_counts, joined=joined, first_order=first_order,
+                               last_order=last_order, favourite_category=favourite_category, habit_sku=habit_sku,
+                               has_habit=has_habit)
+    _generate_orders(block, catalogue, rng, customers, category_names, first_order_number, as_of_s)
     _generate_events(block, rng, as_of_s)
     return block
 
 
-def _generate_orders(block: ShopBlock, catalogue: Catalogue, rng, order_counts, first_order, last_order, names,
-                     favourite_category, category_names, habit_sku, has_habit, first_order_number, joined,
-                     as_of_s) -> None:
+@dataclass
+class BlockCustomers:
+    """The per-customer draws of one block that its orders are generated from (arrays, one entry per customer)."""
+
+    names: np.ndarray  # archetype names
+    order_counts: np.ndarray
+    joined: np.ndarray  # epoch seconds
+    first_order: np.ndarray
+    last_order: np.ndarray
+    favourite_category: np.ndarray
+    habit_sku: np.ndarray
+    has_habit: np.ndarray
+
+
+def _generate_orders(block: ShopBlock, catalogue: Catalogue, rng, customers: BlockCustomers,
+                     category_names: list[str], first_order_number: int, as_of_s: int) -> None:
+    """The block's orders (times, ids, statuses) and their lines (main item, complements, staples, extras)."""
+    order_customer = _place_orders(block, rng, customers, first_order_number, as_of_s)
+    line_orders, line_skus = _basket_items(catalogue, rng, customers, order_customer, category_names)
+    _write_lines(block, catalogue, rng, customers.names[order_customer], line_orders, line_skus)
+
+
+def _place_orders(block: ShopBlock, rng, customers: BlockCustomers, first_order_number: int,
+                  as_of_s: int) -> np.ndarray:
+    """Order times, ids and statuses of the block; returns each order's customer (index in the block)."""
+    order_counts = customers.order_counts
     order_customer = np.repeat(np.arange(len(order_counts)), order_counts)
     total = len(order_customer)
     # Order times: the first at first_order, the rest spread over the customer's window, in time order.
@@ -380,13 +405,13 @@ def _generate_orders(block: ShopBlock, catalogue: Catalogue, rng, order_counts, 
     spread[order_rank == 0] = 0.0
     sort_key = np.lexsort((spread, order_customer))
     spread = spread[sort_key]
-    window = (last_order - first_order)[order_customer]
-    placed = (first_order[order_customer] + spread * window).astype(np.int64)
+    window = (customers.last_order - customers.first_order)[order_customer]
+    placed = (customers.first_order[order_customer] + spread * window).astype(np.int64)
     # Shops are busier in the evening: shift times of day towards 19:00-22:00 for half the orders.
     evening = rng.random(total) < 0.5
     placed = np.where(evening, placed - placed % DAY + 19 * 3600 + rng.integers(0, 3 * 3600, total), placed)
     # Never before the customer joined, never after as_of.
-    placed = np.maximum(placed, joined[order_customer].astype(np.int64))
+    placed = np.maximum(placed, customers.joined[order_customer].astype(np.int64))
     placed = np.minimum(placed, as_of_s - 60)
     order_numbers = np.arange(first_order_number + 1, first_order_number + total + 1)
     block.order_ids = [f"O{number:09d}" for number in order_numbers]
@@ -394,28 +419,59 @@ def _generate_orders(block: ShopBlock, catalogue: Catalogue, rng, order_counts, 
     block.placed_at = placed
     status_draw = rng.random(total)
     block.status = np.where(status_draw < 0.03, "refunded", np.where(status_draw < 0.04, "cancelled", "paid")).tolist()
+    return order_customer
 
+
+def _basket_items(catalogue: Catalogue, rng, customers: BlockCustomers, order_customer: np.ndarray,
+                  category_names: list[str]) -> tuple[list, list]:
+    """(order index, sku) arrays of every basket's items, possibly repeated: main, complements, staples, extras."""
+    total = len(order_customer)
+    names = customers.names
     kind_main_weight = np.array([kind[6] for kind in KINDS])
     kind_category = np.array([category_names.index(kind[1]) for kind in KINDS])
     line_orders, line_skus = [], []
 
     # 1. The main item: the customer's habit consumable, or a kind from the favourite category
     #    (60 %) or from the whole shop, by how often each kind leads a basket.
-    uses_habit = has_habit[order_customer] & (rng.random(total) < np.where(names[order_customer] == "loyal", 0.7, 0.5))
+    uses_habit = customers.has_habit[order_customer] & (
+        rng.random(total) < np.where(names[order_customer] == "loyal", 0.7, 0.5))
     from_favourite = rng.random(total) < 0.6
     main_kind = rng.choice(len(KINDS), size=total, p=kind_main_weight / kind_main_weight.sum())
     for category_index in range(len(category_names)):
         in_category = np.flatnonzero((kind_category == category_index) & (kind_main_weight > 0))
-        mask = from_favourite & (favourite_category[order_customer] == category_index)
+        mask = from_favourite & (customers.favourite_category[order_customer] == category_index)
         weights = kind_main_weight[in_category] / kind_main_weight[in_category].sum()
         main_kind[mask] = rng.choice(in_category, size=int(mask.sum()), p=weights)
     main_sku = _pick_kind_variants(catalogue, main_kind, rng.random(total))
-    main_sku = np.where(uses_habit, habit_sku[order_customer], main_sku)
-    main_kind = catalogue.kind[main_sku]
+    main_sku = np.where(uses_habit, customers.habit_sku[order_customer], main_sku)
     line_orders.append(np.arange(total))
     line_skus.append(main_sku)
 
     # 2. Complements of an anchor: usually the anchor's matching variant.
+    _add_complements(catalogue, rng, main_sku, line_orders, line_skus)
+
+    # 3. Staples: a large share of all baskets.
+    kind_names = [kind[0] for kind in KINDS]
+    staple_orders = np.flatnonzero(rng.random(total) < STAPLE_SHARE)
+    staple_kind = np.array([kind_names.index(name) for name in STAPLES])[
+        rng.choice(len(STAPLES), size=len(staple_orders), p=STAPLE_WEIGHTS)
+    ]
+    line_orders.append(staple_orders)
+    line_skus.append(_pick_kind_variants(catalogue, staple_kind, rng.random(len(staple_orders))))
+
+    # 4. A few more items from anywhere; big spenders fill bigger baskets.
+    extra_mean = np.where(names[order_customer] == "big_spender", 2.0, 0.45)
+    extra_counts = rng.poisson(extra_mean)
+    extra_orders = np.repeat(np.arange(total), extra_counts)
+    extra_kind = rng.choice(len(KINDS), size=len(extra_orders), p=kind_main_weight / kind_main_weight.sum())
+    line_orders.append(extra_orders)
+    line_skus.append(_pick_kind_variants(catalogue, extra_kind, rng.random(len(extra_orders))))
+    return line_orders, line_skus
+
+
+def _add_complements(catalogue: Catalogue, rng, main_sku: np.ndarray, line_orders: list, line_skus: list) -> None:
+    """Append the complements of each order whose main item is an anchor (usually its matching variant)."""
+    main_kind = catalogue.kind[main_sku]
     kind_names = [kind[0] for kind in KINDS]
     for anchor, complements in COMPLEMENTS.items():
         anchor_index = kind_names.index(anchor)
@@ -436,30 +492,17 @@ def _generate_orders(block: ShopBlock, catalogue: Catalogue, rng, order_counts, 
             line_orders.append(with_anchor[chosen])
             line_skus.append(sku[chosen])
 
-    # 3. Staples: a large share of all baskets.
-    staple_orders = np.flatnonzero(rng.random(total) < STAPLE_SHARE)
-    staple_kind = np.array([kind_names.index(name) for name in STAPLES])[
-        rng.choice(len(STAPLES), size=len(staple_orders), p=STAPLE_WEIGHTS)
-    ]
-    line_orders.append(staple_orders)
-    line_skus.append(_pick_kind_variants(catalogue, staple_kind, rng.random(len(staple_orders))))
 
-    # 4. A few more items from anywhere; big spenders fill bigger baskets.
-    extra_mean = np.where(names[order_customer] == "big_spender", 2.0, 0.45)
-    extra_counts = rng.poisson(extra_mean)
-    extra_orders = np.repeat(np.arange(total), extra_counts)
-    extra_kind = rng.choice(len(KINDS), size=len(extra_orders), p=kind_main_weight / kind_main_weight.sum())
-    line_orders.append(extra_orders)
-    line_skus.append(_pick_kind_variants(catalogue, extra_kind, rng.random(len(extra_orders))))
-
-    # One line per sku per order, lines grouped by order (sorted by order, then sku).
+def _write_lines(block: ShopBlock, catalogue: Catalogue, rng, order_archetypes: np.ndarray, line_orders: list,
+                 line_skus: list) -> None:
+    """One line per sku per order, grouped by order (sorted by order, then sku), with quantities and prices."""
     combined = np.unique(np.concatenate(line_orders) * len(catalogue) + np.concatenate(line_skus))
     line_order = combined // len(catalogue)
     line_sku = combined % len(catalogue)
     count = len(line_sku)
     consumable = catalogue.repeat_purchase[line_sku]
     quantity = np.where(consumable, 1 + rng.poisson(0.5, count), 1 + (rng.random(count) < 0.05))
-    quantity = np.where(names[order_customer[line_order]] == "big_spender", quantity + rng.integers(0, 2, count),
+    quantity = np.where(order_archetypes[line_order] == "big_spender", quantity + rng.integers(0, 2, count),
                         quantity)
     # A tenth of the lines were bought on sale.
     discount = np.where(rng.random(count) < 0.1, rng.uniform(0.8, 0.95, count), 1.0)
