@@ -27,7 +27,8 @@ DEFAULTS: dict[str, object] = {
     "RETRAIN_LOCK_SECONDS": 3600,
     # A run that records no progress for this long is taken to be dead: a new trigger takes its lock.
     "RETRAIN_STALE_SECONDS": 2400,
-    # Retries of a retrain task after a lost database or Redis connection, with exponential backoff.
+    # Retries of a task (retrain steps, campaign builds) after a lost database or Redis connection, with
+    # exponential backoff capped at RETRAIN_RETRY_BACKOFF_MAX seconds.
     "RETRAIN_MAX_RETRIES": 6,
     "RETRAIN_RETRY_BACKOFF_MAX": 60,
     "SCORING_SHARD_SIZE": 200_000,
