@@ -37,6 +37,11 @@ DEFAULTS: dict[str, object] = {
     "MAX_BATCH_RECORDS": 5000,
     "MAX_CONTENT_LENGTH": 10 * 1024 * 1024,
     "MAX_FUTURE_SKEW_SECONDS": 86_400,
+    # Timestamps without an offset (REST bodies and CSV files) are this zone's local time; it also sets
+    # where a day begins in daily figures (purchase days, day-based recency and lifecycle).
+    "SHOP_TIMEZONE": "Asia/Shanghai",
+    # Timestamps before this (UTC) are rejected at the edge and quarantined by the retrain.
+    "MIN_PLAUSIBLE_DATE": "2000-01-01",
     "API_KEY_CACHE_SECONDS": 30,
     # Demo.
     "DEMO_SEED": 7,

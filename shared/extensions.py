@@ -8,15 +8,40 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
 
 import redis
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.config import DEFAULTS
+
+DEFAULT_SHOP_TIMEZONE = str(DEFAULTS["SHOP_TIMEZONE"])
+
 
 class NotConfigured(RuntimeError):
     """An extension was used before `configure` bound it."""
+
+
+def _shop_day(stored: str | None, zone_name: str) -> str | None:
+    """The shop-local calendar day ('YYYY-MM-DD') of a naive UTC time as SQLite stores it."""
+    if stored is None:
+        return None
+    # Zone offsets are whole minutes: the day depends only on the date, hour and minute.
+    key = (stored[:16], zone_name)
+    day = _SHOP_DAYS.get(key)
+    if day is None:
+        utc = datetime.fromisoformat(stored[:16]).replace(tzinfo=timezone.utc)
+        day = utc.astimezone(ZoneInfo(zone_name)).date().isoformat()
+        if len(_SHOP_DAYS) > 100_000:
+            _SHOP_DAYS.clear()
+        _SHOP_DAYS[key] = day
+    return day
+
+
+_SHOP_DAYS: dict[tuple[str, str], str] = {}
 
 
 def _sqlite_pragmas(dbapi_connection, _record):
@@ -27,6 +52,8 @@ def _sqlite_pragmas(dbapi_connection, _record):
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+    # SQLite has no time zones: shop_day(placed_at, zone) gives the shop-local day (shared.ingest.shop_day).
+    dbapi_connection.create_function("shop_day", 2, _shop_day, deterministic=True)
 
 
 class Database:
@@ -36,10 +63,16 @@ class Database:
         self._engine: Engine | None = None
         self._sessions: sessionmaker | None = None
         self.url: str | None = None
+        self.shop_timezone = DEFAULT_SHOP_TIMEZONE
 
-    def configure(self, url: str) -> Database:
-        """Bind to a database URL (idempotent for the same URL)."""
-        if self._engine is not None and self.url == url:
+    def configure(self, url: str, shop_timezone: str | None = None) -> Database:
+        """Bind to a database URL (idempotent for the same URL and zone).
+
+        Sessions carry the shop's time zone in `session.info["shop_timezone"]`: SQL that counts
+        calendar days (shared.ingest.shop_day) counts them in that zone.
+        """
+        shop_timezone = shop_timezone or DEFAULT_SHOP_TIMEZONE
+        if self._engine is not None and self.url == url and self.shop_timezone == shop_timezone:
             return self
         self.dispose()
         kwargs: dict = {"future": True}
@@ -51,13 +84,14 @@ class Database:
         if url.startswith("sqlite"):
             event.listen(engine, "connect", _sqlite_pragmas)
         self._engine = engine
-        self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
+        self._sessions = sessionmaker(bind=engine, expire_on_commit=False, info={"shop_timezone": shop_timezone})
         self.url = url
+        self.shop_timezone = shop_timezone
         return self
 
     def init_app(self, app) -> None:
         """Bind to a Flask app's DATABASE_URL."""
-        self.configure(app.config["DATABASE_URL"])
+        self.configure(app.config["DATABASE_URL"], app.config.get("SHOP_TIMEZONE"))
         app.extensions["segrec_db"] = self
 
     @property
@@ -98,6 +132,7 @@ class Database:
         self._engine = None
         self._sessions = None
         self.url = None
+        self.shop_timezone = DEFAULT_SHOP_TIMEZONE
 
 
 class RedisStore:

@@ -15,8 +15,11 @@ from sqlalchemy.engine import Engine
 
 
 def read_frame(engine: Engine, query: str, params: dict | None = None, date_columns: tuple[str, ...] = (),
-               dtypes: dict | None = None) -> pd.DataFrame:
-    """Run a SELECT and return a DataFrame; on PostgreSQL the rows travel as COPY CSV (several times faster)."""
+               dtypes: dict | None = None, date_errors: str = "raise") -> pd.DataFrame:
+    """Run a SELECT and return a DataFrame; on PostgreSQL the rows travel as COPY CSV (several times faster).
+
+    date_errors="coerce" reads a date pandas cannot hold (beyond its nanosecond range) as NaT.
+    """
     params = params or {}
     if engine.dialect.name == "postgresql":
         frame = _read_with_copy(engine, query, params, dtypes)
@@ -26,7 +29,7 @@ def read_frame(engine: Engine, query: str, params: dict | None = None, date_colu
         with engine.connect() as connection:
             frame = pd.read_sql_query(text(query), connection, params=params, dtype=dtypes)
     for column in date_columns:
-        frame[column] = pd.to_datetime(frame[column], format="ISO8601")
+        frame[column] = pd.to_datetime(frame[column], format="ISO8601", errors=date_errors)
     return frame
 
 

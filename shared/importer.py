@@ -3,7 +3,8 @@
 File rules (README "CSV import"):
 - UTF-8 (a BOM is fine), comma-separated, a header row naming the columns; column order is free,
   names are matched case-insensitively, extra columns are ignored.
-- Every row is validated with the rules of the REST schemas. A bad row is never dropped silently:
+- Times without an offset are the shop's local time (SHOP_TIMEZONE), as in REST bodies; stored as UTC.
+- Every row is validated with the rules of the REST schemas (their limits live in shared/limits.py). A bad row is never dropped silently:
   it goes to the rejects file (default `<file>.rejects.csv`) with its line number and the reason.
   Line numbers count the header as line 1 (a quoted field spanning lines counts its first line).
 - orders: one row per order line. The lines of one order must be on adjacent rows, in line order
@@ -47,15 +48,28 @@ from sqlalchemy import or_, select, update
 from tqdm import tqdm
 
 from shared import bulk
-from shared.config import DEFAULTS
-from shared.ingest import STATUS_TRANSITIONS, aggregates_select, refresh_customer_aggregates, utcnow
+from shared.ingest import (
+    STATUS_TRANSITIONS,
+    aggregates_select,
+    refresh_customer_aggregates,
+    session_timezone,
+    utcnow,
+)
+from shared.limits import (
+    ID_FORBIDDEN_PATTERN,
+    MAX_ID_LENGTH,
+    MAX_MONEY,
+    MAX_ORDER_LINES,
+    MAX_QUANTITY,
+    MAX_STOCK,
+    MIN_UNIT_PRICE,
+    TimeRules,
+    id_problem,
+    money_problem,
+)
 from shared.models import Customer, Order
 
 ORDER_STATUSES = ("paid", "refunded", "cancelled")
-MAX_ORDER_LINES = 500
-MAX_QUANTITY = 100_000
-MAX_MONEY = 10_000_000
-MAX_ID_LENGTH = 64
 # Up to this many touched customers, refresh only them; beyond, one set-based refresh of everyone is faster.
 SMALL_IMPORT_CUSTOMERS = 20_000
 # Booleans as marshmallow's fields.Boolean reads them.
@@ -119,14 +133,18 @@ def import_csv(
     chunk_rows: int = 200_000,
     rejects_path=None,
     progress: bool = True,
-    max_future_skew_seconds: int | None = None,
+    config: dict | None = None,
 ) -> ImportSummary:
-    """Import a CSV file of orders, customers or products into `database` (a shared.extensions.Database)."""
+    """Import a CSV file of orders, customers or products into `database` (a shared.extensions.Database).
+
+    `config` supplies the time rules (SHOP_TIMEZONE, MIN_PLAUSIBLE_DATE, MAX_FUTURE_SKEW_SECONDS); the
+    defaults apply when it is None.
+    """
     if kind not in COLUMNS:
         raise ImportFileError(f"unknown import kind {kind!r}: expected one of {', '.join(COLUMNS)}")
     path = Path(path)
     rejects_path = Path(rejects_path) if rejects_path else path.with_name(path.name + ".rejects.csv")
-    skew = DEFAULTS["MAX_FUTURE_SKEW_SECONDS"] if max_future_skew_seconds is None else max_future_skew_seconds
+    time_rules = TimeRules.from_config(config or {})
     summary = ImportSummary(kind=kind, path=str(path), rejects_path=str(rejects_path))
     started = time.perf_counter()
     with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -145,10 +163,10 @@ def import_csv(
                     batches = _arrow_batches(path, len(header), rejects, summary)
                 else:
                     batches = _csv_module_batches(reader, len(header), rejects, summary)
-                OrderImport(database, positions, skew, rejects, summary, bar).run(batches, chunk_rows)
+                OrderImport(database, positions, time_rules, rejects, summary, bar).run(batches, chunk_rows)
             else:
                 rows = _read_rows(reader, len(header), rejects, summary)
-                RecordImport(kind, database, positions, skew, rejects, summary, bar).run(rows, chunk_rows)
+                RecordImport(kind, database, positions, time_rules, rejects, summary, bar).run(rows, chunk_rows)
         finally:
             bar.close()
             rejects.close()
@@ -217,11 +235,13 @@ class RejectsWriter:
 
 
 class DateParser:
-    """ISO 8601 timestamps as marshmallow's DateTime reads them (datetime.fromisoformat), converted
-    to naive UTC, rejected beyond now plus the allowed clock skew. Caches each distinct string."""
+    """ISO 8601 timestamps as the REST schemas read them (datetime.fromisoformat; no offset means the
+    shop's time zone), converted to naive UTC, rejected outside the plausible window (TimeRules).
+    Caches each distinct string."""
 
-    def __init__(self, skew_seconds: int) -> None:
-        self.limit = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(seconds=skew_seconds)
+    def __init__(self, rules: TimeRules) -> None:
+        self.rules = rules
+        self.limit = rules.latest()
         self.cache: dict[str, tuple[datetime | None, str | None]] = {}
 
     def parse(self, text: str) -> tuple[datetime | None, str | None]:
@@ -238,11 +258,15 @@ class DateParser:
 
     def _parse(self, text: str) -> tuple[datetime | None, str | None]:
         try:
-            value = datetime.fromisoformat(text.strip())
-            if value.tzinfo is not None:
-                value = value.astimezone(timezone.utc).replace(tzinfo=None)
+            value = self.rules.to_naive_utc(datetime.fromisoformat(text.strip()))
         except (ValueError, OverflowError):
             return None, "not a valid ISO 8601 date and time"
+        return self.window(value)
+
+    def window(self, value: datetime) -> tuple[datetime | None, str | None]:
+        """(value, None) inside the plausible window, else (None, why)."""
+        if value < self.rules.min_date:
+            return None, self.rules.window_problem(value)
         if value > self.limit:
             return None, "is in the future"
         return value, None
@@ -279,15 +303,6 @@ def parse_boolean(text: str, default: bool) -> bool | None:
     return None
 
 
-def id_problem(text: str) -> str | None:
-    """Why a value is not a valid id (1 to 64 characters), or None."""
-    if not text:
-        return "is required (1 to 64 characters)"
-    if len(text) > MAX_ID_LENGTH:
-        return "is longer than 64 characters"
-    return None
-
-
 # ---- orders --------------------------------------------------------------------------------------
 #
 # Orders files are the big ones (millions of lines), so their rows are handled a column at a time:
@@ -306,6 +321,8 @@ TWO_DECIMAL_PRICE = r"^(0|[1-9][0-9]{0,7})(\.[0-9]{1,2})?$"
 # Timestamps that pandas and datetime.fromisoformat read alike (years 1000-9999, no week dates,
 # no compact forms); pandas says NaT for impossible dates and times, which then take the slow rule.
 PLAIN_TIMESTAMP = r"^[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})?$"
+# A timestamp that names its offset (else it is shop-local time).
+NAMED_OFFSET = r"(Z|[+-][0-9]{2}:[0-9]{2})$"
 # Strings whose JSON form is the string in double quotes (printable ASCII but '"' and '\').
 JSON_PLAIN_STRING = r'^[\x20\x21\x23-\x5b\x5d-\x7e]*$'
 # Characters COPY text format escapes.
@@ -506,6 +523,17 @@ def _to_numpy_bool(values) -> np.ndarray:
     return values.to_numpy(zero_copy_only=False).astype(bool, copy=False)
 
 
+def _bad_ids(values: pa.StringArray) -> np.ndarray:
+    """Which ids break id_problem's rules (length 1 to MAX_ID_LENGTH, no "/" or control characters)."""
+    lengths = pc.utf8_length(values).to_numpy()
+    return (lengths < 1) | (lengths > MAX_ID_LENGTH) | _matches(values, ID_FORBIDDEN_PATTERN)
+
+
+def unit_price_ok(prices: np.ndarray) -> np.ndarray:
+    """Which unit prices the REST schema takes (MIN_UNIT_PRICE to MAX_MONEY); NaN fails."""
+    return (prices >= MIN_UNIT_PRICE) & (prices <= MAX_MONEY)
+
+
 def _column(table: pa.Table, position: int) -> pa.StringArray:
     return table.column(position).combine_chunks()
 
@@ -557,11 +585,11 @@ class OrderChunk:
 class OrderImport:
     """Validates order chunks column-wise in the main thread while a writer thread stores the previous chunk."""
 
-    def __init__(self, database, positions: dict[str, int], skew: int, rejects: RejectsWriter,
+    def __init__(self, database, positions: dict[str, int], time_rules: TimeRules, rejects: RejectsWriter,
                  summary: ImportSummary, bar) -> None:
         self.database = database
         self.positions = positions
-        self.skew = skew
+        self.time_rules = time_rules
         self.rejects = rejects
         self.summary = summary
         self.bar = bar
@@ -603,8 +631,7 @@ class OrderImport:
 
         # The checks run in the order of the REST schema's fields, so a row's reasons read the same.
         for name, values in (("order_id", order_ids), ("customer_id", customer_ids), ("sku", skus)):
-            lengths = pc.utf8_length(values).to_numpy()
-            for index in np.flatnonzero((lengths < 1) | (lengths > MAX_ID_LENGTH)):
+            for index in np.flatnonzero(_bad_ids(values)):
                 flag(index, f"{name} {id_problem(values[index].as_py())}")
         quantity_texts = _column(table, positions["quantity"])
         quantities, quantity_ok = _parse_quantity_column(quantity_texts)
@@ -613,11 +640,11 @@ class OrderImport:
                         f"(got {quantity_texts[index].as_py()!r})")
         price_texts = _column(table, positions["unit_price"])
         prices, plain_prices = _parse_price_column(price_texts)
-        for index in np.flatnonzero(~((prices > 0) & (prices <= MAX_MONEY))):  # NaN (unreadable) fails too
-            flag(index, f"unit_price must be a number above 0 and at most {MAX_MONEY:,} "
+        for index in np.flatnonzero(~unit_price_ok(prices)):  # NaN (unreadable) fails too
+            flag(index, f"unit_price must be a number from {MIN_UNIT_PRICE} to {MAX_MONEY:,} "
                         f"(got {price_texts[index].as_py()!r})")
         placed_texts = _column(table, positions["placed_at"])
-        placed, placed_problems = _parse_timestamp_column(placed_texts, DateParser(self.skew))
+        placed, placed_problems = _parse_timestamp_column(placed_texts, DateParser(self.time_rules))
         for index, problem in placed_problems.items():
             flag(index, f"placed_at {problem} (got {placed_texts[index].as_py()!r})")
         statuses = _status_column(table.column(positions["status"]).combine_chunks() if "status" in positions
@@ -778,7 +805,7 @@ def refresh_all_aggregates_by_join(session) -> None:
     with two joins instead of one correlated subquery per column and customer (about 2.5x faster on
     PostgreSQL); rows whose values do not change are not rewritten."""
     customers = Customer.__table__
-    aggregates = aggregates_select().group_by(Order.customer_id).subquery()
+    aggregates = aggregates_select(session_timezone(session)).group_by(Order.customer_id).subquery()
     names = ("first_paid_at", "last_paid_at", "paid_orders", "net_spend", "purchase_days")
     changed = or_(*[customers.c[name].is_distinct_from(aggregates.c[name]) for name in names])
     session.execute(
@@ -840,17 +867,15 @@ def _parse_timestamp_column(texts: pa.StringArray, dates: DateParser) -> tuple[n
     if plain.any():
         # The lines of an order share their time: parse each distinct text once.
         encoded = texts.filter(pa.array(plain)).dictionary_encode()
-        parsed = pd.to_datetime(pd.Series(encoded.dictionary.to_numpy(zero_copy_only=False), dtype=object),
-                                format="ISO8601", utc=True, errors="coerce")
-        distinct_values = parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[us]").view(np.int64)
-        # NaT and values beyond datetime's range go to the slow rule, which says why.
-        distinct_readable = ((distinct_values >= MIN_MICROS) & (distinct_values <= MAX_MICROS)
-                             & ~parsed.isna().to_numpy())
+        distinct_values, distinct_readable = _parse_distinct_times(encoded.dictionary, dates.rules.shop_timezone)
         indices = encoded.indices.to_numpy()
         micros[plain] = distinct_values[indices]
         plain[np.flatnonzero(plain)[~distinct_readable[indices]]] = False
     limit = (dates.limit - EPOCH) // MICROSECOND
+    earliest = (dates.rules.min_date - EPOCH) // MICROSECOND
     problems = {int(index): "is in the future" for index in np.flatnonzero(plain & (micros > limit))}
+    too_early = dates.rules.window_problem(dates.rules.min_date - MICROSECOND)
+    problems.update({int(index): too_early for index in np.flatnonzero(plain & (micros < earliest))})
     for index in np.flatnonzero(~plain):
         value, problem = dates.parse(texts[index].as_py())
         if problem:
@@ -858,6 +883,31 @@ def _parse_timestamp_column(texts: pa.StringArray, dates: DateParser) -> tuple[n
         else:
             micros[index] = (value - EPOCH) // MICROSECOND
     return micros, problems
+
+
+def _parse_distinct_times(texts: pa.StringArray, shop_timezone: str) -> tuple[np.ndarray, np.ndarray]:
+    """(microseconds since 1970 as naive UTC, readable) of plain timestamp texts; a text without an offset
+    is shop-local time. Unreadable ones (NaT, out of range, a local time a clock change skips or repeats)
+    are left to the scalar rule, which says why or resolves them as zoneinfo does."""
+    parsed = pd.to_datetime(pd.Series(texts.to_numpy(zero_copy_only=False), dtype=object),
+                            format="ISO8601", utc=True, errors="coerce")
+    values = parsed.dt.tz_convert(None)
+    readable = ~parsed.isna().to_numpy()
+    naive = ~_matches(texts, NAMED_OFFSET)
+    if naive.any():
+        # Read as UTC above; localize them instead, away from the ends of pandas' nanosecond range.
+        years = values.dt.year.to_numpy()
+        local = naive & readable & (years > 1680) & (years < 2260)
+        localized = (pd.DatetimeIndex(values[local]).tz_localize(shop_timezone, ambiguous="NaT", nonexistent="NaT")
+                     .tz_convert(None))
+        values = values.copy()
+        values[local] = localized
+        readable = readable & ~(naive & ~local)
+        readable[np.flatnonzero(local)[pd.isna(localized)]] = False
+    micros = values.to_numpy(dtype="datetime64[us]").view(np.int64)
+    # NaT and values beyond datetime's range go to the slow rule, which says why.
+    readable = readable & (micros >= MIN_MICROS) & (micros <= MAX_MICROS) & ~pd.isna(values).to_numpy()
+    return micros, readable
 
 
 def _status_column(texts: pa.StringArray | None, count: int) -> pa.Array:
@@ -1283,12 +1333,12 @@ class SqliteOrderWriter(_OrderWriterBase):
 class RecordImport:
     """Customers or products: validate each row, then upsert the chunk (a later row for an id wins)."""
 
-    def __init__(self, kind: str, database, positions: dict[str, int], skew: int, rejects: RejectsWriter,
-                 summary: ImportSummary, bar) -> None:
+    def __init__(self, kind: str, database, positions: dict[str, int], time_rules: TimeRules,
+                 rejects: RejectsWriter, summary: ImportSummary, bar) -> None:
         self.kind = kind
         self.database = database
         self.positions = positions
-        self.dates = DateParser(skew)
+        self.dates = DateParser(time_rules)
         self.rejects = rejects
         self.summary = summary
         self.bar = bar
@@ -1408,8 +1458,9 @@ class RecordImport:
         stock = None
         if stock_text:
             stock = parse_whole_number(stock_text)
-            if stock is None:
-                problems.append(f"stock must be a whole number of 0 or more (got {stock_text!r})")
+            if stock is None or stock > MAX_STOCK:
+                problems.append(f"stock must be a whole number from 0 to {MAX_STOCK:,} (got {stock_text!r})")
+                stock = None
         active = self._boolean(row, "active", True, problems)
         repeat_purchase = self._boolean(row, "repeat_purchase", False, problems)
         if problems:
@@ -1423,7 +1474,7 @@ class RecordImport:
                 problems.append(f"{name} is required")
             return None
         value = parse_number(text)
-        if value is None or not 0 <= value <= MAX_MONEY:
+        if value is None or money_problem(value) is not None:
             problems.append(f"{name} must be a number from 0 to {MAX_MONEY:,} (got {text!r})")
             return None
         return value

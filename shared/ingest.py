@@ -13,9 +13,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import String, bindparam, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.functions import FunctionElement
+
+from shared.extensions import DEFAULT_SHOP_TIMEZONE
 
 from shared.models import Customer, Event, Order, OrderLine, Product, Promotion
 
@@ -271,15 +275,39 @@ def _missing_skus(session: Session, skus: set[str]) -> set[str]:
     return skus - _existing_ids(session, Product.sku, sorted(skus))
 
 
-def aggregates_select():
-    """SELECT of the running aggregates per customer over paid orders."""
+class shop_day(FunctionElement):
+    """shop_day(timestamp, zone): the calendar day, in the shop's time zone, of a naive UTC timestamp."""
+
+    inherit_cache = True
+
+
+@compiles(shop_day, "postgresql")
+def _shop_day_postgresql(element, compiler, **kw) -> str:
+    stamp, zone = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"date(timezone({zone}, timezone('UTC', {stamp})))"
+
+
+@compiles(shop_day)
+def _shop_day_sqlite(element, compiler, **kw) -> str:
+    # A function registered on every SQLite connection (shared.extensions).
+    stamp, zone = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"shop_day({stamp}, {zone})"
+
+
+def session_timezone(session: Session) -> str:
+    """The shop's time zone the session's database was configured with."""
+    return session.info.get("shop_timezone", DEFAULT_SHOP_TIMEZONE)
+
+
+def aggregates_select(shop_timezone: str = DEFAULT_SHOP_TIMEZONE):
+    """SELECT of the running aggregates per customer over paid orders (purchase days in the shop's zone)."""
     return select(
         Order.customer_id,
         func.min(Order.placed_at).label("first_paid_at"),
         func.max(Order.placed_at).label("last_paid_at"),
         func.count().label("paid_orders"),
         func.coalesce(func.sum(Order.total), 0).label("net_spend"),
-        func.count(func.distinct(func.date(Order.placed_at))).label("purchase_days"),
+        func.count(func.distinct(shop_day(Order.placed_at, literal(shop_timezone, String)))).label("purchase_days"),
     ).where(Order.status == "paid")
 
 
@@ -293,8 +321,9 @@ def refresh_customer_aggregates(session: Session, customer_ids: Iterable[str] | 
         _refresh_all_aggregates(session)
         return
     ids = sorted(set(customer_ids))
+    selection = aggregates_select(session_timezone(session))
     for chunk in _chunks(ids):
-        statement = aggregates_select().where(Order.customer_id.in_(chunk)).group_by(Order.customer_id)
+        statement = selection.where(Order.customer_id.in_(chunk)).group_by(Order.customer_id)
         aggregates = {row.customer_id: row for row in session.execute(statement)}
         rows = []
         for customer_id in chunk:
@@ -331,7 +360,7 @@ def _write_aggregates(session: Session, rows: list[dict]) -> None:
 
 def _refresh_all_aggregates(session: Session) -> None:
     """One set-based statement for every customer: used after a bulk import."""
-    aggregates = aggregates_select().group_by(Order.customer_id).subquery()
+    aggregates = aggregates_select(session_timezone(session)).group_by(Order.customer_id).subquery()
     customers = Customer.__table__
     session.execute(
         update(customers).values(

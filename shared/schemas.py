@@ -2,37 +2,78 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from flask import current_app, has_app_context
 from marshmallow import Schema, ValidationError, fields, validate
 
-DEFAULT_FUTURE_SKEW_SECONDS = 86_400
+from shared.limits import MAX_MONEY, MAX_SCHEDULE_DAYS_AHEAD, TimeRules, attributes_problem, id_problem
 
 
-def not_in_future(value: datetime) -> None:
-    """Reject timestamps beyond now plus the configured clock skew (default one day)."""
-    skew = DEFAULT_FUTURE_SKEW_SECONDS
+def time_rules() -> TimeRules:
+    """The time rules of the current app's configuration (the defaults outside an app)."""
     if has_app_context():
-        skew = current_app.config.get("MAX_FUTURE_SKEW_SECONDS", skew)
-    aware = value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
-    if aware > datetime.now(timezone.utc) + timedelta(seconds=skew):
-        raise ValidationError("is in the future")
+        return TimeRules.from_config(current_app.config)
+    return TimeRules()
+
+
+class ShopDateTime(fields.DateTime):
+    """An ISO 8601 timestamp: with an offset as given, without one in the shop's time zone (SHOP_TIMEZONE).
+
+    Loads as an aware UTC datetime; rejected outside the plausible window (MIN_PLAUSIBLE_DATE to now
+    plus MAX_FUTURE_SKEW_SECONDS, or plus `days_ahead` days for times that may be scheduled ahead).
+    """
+
+    def __init__(self, *, days_ahead: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.days_ahead = days_ahead
+
+    def _deserialize(self, value, attr, data, **kwargs) -> datetime:
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        rules = time_rules()
+        try:
+            naive_utc = rules.to_naive_utc(parsed)
+        except (OverflowError, ValueError) as error:
+            raise ValidationError("is outside the range of dates") from error
+        problem = rules.window_problem(naive_utc, self.days_ahead)
+        if problem is not None:
+            raise ValidationError(problem)
+        return naive_utc.replace(tzinfo=timezone.utc)
+
+
+def check_id(value: str) -> None:
+    """Reject ids that are empty, too long, or hold "/", control characters or lone surrogates."""
+    problem = id_problem(value)
+    if problem is not None:
+        raise ValidationError(problem)
 
 
 def Identifier(**kwargs) -> fields.String:
-    """An id as clients send it: 1 to 64 characters, stored verbatim."""
-    return fields.String(validate=validate.Length(min=1, max=64), **kwargs)
+    """An id as clients send it: 1 to 64 characters, no "/" or control characters, stored verbatim."""
+    return fields.String(validate=check_id, **kwargs)
 
 
-def PastDateTime(**kwargs) -> fields.DateTime:
-    """An ISO 8601 timestamp that is not in the future."""
-    return fields.DateTime(validate=not_in_future, **kwargs)
+def PastDateTime(**kwargs) -> ShopDateTime:
+    """A timestamp that is not in the future (shop-local when it has no offset)."""
+    return ShopDateTime(**kwargs)
 
 
-def Money(**kwargs) -> fields.Float:
-    """A finite amount of money."""
-    return fields.Float(allow_nan=False, **kwargs)
+def ScheduledDateTime(**kwargs) -> ShopDateTime:
+    """A timestamp that may lie up to MAX_SCHEDULE_DAYS_AHEAD days ahead (promotion dates)."""
+    return ShopDateTime(days_ahead=MAX_SCHEDULE_DAYS_AHEAD, **kwargs)
+
+
+def Money(minimum: float = 0, *, exclusive_minimum: bool = False, **kwargs) -> fields.Float:
+    """A finite amount of money from `minimum` to MAX_MONEY."""
+    bounds = validate.Range(min=minimum, min_inclusive=not exclusive_minimum, max=MAX_MONEY)
+    return fields.Float(allow_nan=False, validate=bounds, **kwargs)
+
+
+def check_attributes(value: dict) -> None:
+    """Reject attribute objects beyond MAX_ATTRIBUTES_BYTES serialized or MAX_ATTRIBUTES_DEPTH deep."""
+    problem = attributes_problem(value)
+    if problem is not None:
+        raise ValidationError(problem)
 
 
 class RejectedRecordSchema(Schema):

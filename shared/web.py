@@ -263,7 +263,9 @@ class TolerantList(fields.List):
             try:
                 accepted.append((index, self.inner.deserialize(item, **kwargs)))
             except ValidationError as error:
-                rejected.append((index, item, error.messages))
+                # A record that is not an object (null, a number) has a list of messages, not a dict.
+                messages = error.messages if isinstance(error.messages, dict) else {"_record": error.messages}
+                rejected.append((index, item, messages))
         return RecordBatch(accepted, rejected)
 
 
@@ -282,7 +284,8 @@ def record_id(record: object, id_field: str) -> str | None:
     if isinstance(record, dict):
         value = record.get(id_field)
         if value is not None:
-            return str(value)[:64]
+            # A lone surrogate cannot be written as UTF-8 JSON: echo it escaped ("\\ud800").
+            return str(value)[:64].encode("utf-8", "backslashreplace").decode("utf-8")
     return None
 
 

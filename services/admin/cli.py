@@ -14,7 +14,7 @@ from shared.extensions import db
 def _settings() -> dict:
     """Settings from defaults and the environment, with the database bound."""
     config = load_config()
-    db.configure(config["DATABASE_URL"])
+    db.configure(config["DATABASE_URL"], config["SHOP_TIMEZONE"])
     return config
 
 
@@ -122,8 +122,9 @@ def import_command(kind: str, path: Path, chunk_rows: int, rejects: Path | None,
     """Import a CSV history file (columns in the README); importing a file twice changes nothing."""
     from shared.importer import import_csv
 
-    _settings()
-    summary = import_csv(kind, path, db, chunk_rows=chunk_rows, rejects_path=rejects, progress=progress)
+    config = _settings()
+    summary = import_csv(kind, path, db, chunk_rows=chunk_rows, rejects_path=rejects, progress=progress,
+                         config=config)
     click.echo(summary.describe())
     if summary.rejected:
         sys.exit(0 if summary.accepted else 1)

@@ -27,7 +27,9 @@ from shared import runs
 from shared.errors import NotFound
 from shared.extensions import db, redis_store
 from shared.ingest import utcnow
+from shared.limits import TimeRules
 from shared.models import Customer, CustomerScore, Order, Run, TierHistory
+from shared.quarantine import merge_reports, quarantine_customers
 
 log = logging.getLogger("segrec.retrain")
 
@@ -51,6 +53,7 @@ def scorer_from_config(config: dict) -> CustomerScorer:
         window_days=config["RFM_WINDOW_DAYS"],
         segment_map=config["RFM_SEGMENT_MAP"],
         tier_rules=TierRules(downgrade_grace_days=config["TIER_DOWNGRADE_GRACE_DAYS"]),
+        shop_timezone=config.get("SHOP_TIMEZONE", "UTC"),
     )
 
 
@@ -145,15 +148,21 @@ def step_snapshot(run_id: str, config: dict) -> list[tuple[str | None, str | Non
 def step_fit(run_id: str, config: dict) -> dict:
     """Fit RFM edges, BG/NBD and Gamma-Gamma on every customer; the fitted scorer goes to Redis for shards."""
     run = runs.get_run(run_id)
+    min_date = TimeRules.from_config(config).min_date
     with runs.timed_step(run_id, "fit_customer_models") as info:
-        frame = load_customer_frame(db.engine, run.as_of, config["RFM_WINDOW_DAYS"])
+        frame, quarantined = quarantine_customers(
+            load_customer_frame(db.engine, run.as_of, config["RFM_WINDOW_DAYS"]), run.as_of, min_date)
         scorer = scorer_from_config(config).fit(frame, run.as_of) if len(frame) else None
         info["rows"] = len(frame)
         summary = scorer.model_summary() if scorer is not None else {"buyers": 0}
         info["detail"] = {key: value for key, value in summary.items() if key != "rfm_edges"}
         # Pickle is safe here: the bytes are written and read only by segrec's own processes.
         redis_store.client.set(_scorer_key(run_id), pickle.dumps(scorer), ex=SCORER_TTL_SECONDS)
-    merge_run_metrics(run_id, {"customer_models": summary})
+    if quarantined["count"]:
+        log.warning("customers quarantined", extra={"run_id": run_id, "reasons": quarantined["reasons"]})
+    # Shards quarantine the same customers with the same earliest date (they read it back from here).
+    quarantined["min_date"] = min_date.isoformat()
+    merge_run_metrics(run_id, {"customer_models": summary, "quarantine": quarantined})
     return summary
 
 
@@ -167,7 +176,9 @@ def step_score_shard(run_id: str, low: str | None, high: str | None) -> int:
     if scorer is None:
         runs.record_step_progress(run_id, SCORE_STEP, shard_label(low, high))
         return 0
-    frame = load_customer_frame(db.engine, run.as_of, scorer.window_days, low=low, high=high)
+    min_date = datetime.fromisoformat((run.metrics or {}).get("quarantine", {}).get("min_date", "2000-01-01"))
+    frame, _quarantined = quarantine_customers(
+        load_customer_frame(db.engine, run.as_of, scorer.window_days, low=low, high=high), run.as_of, min_date)
     previous = load_previous_tiers(db.engine, runs.current_run_id(), low, high)
     scores = scorer.transform(frame, previous)
     written = write_scores(db.engine, run_id, scores, low, high)
@@ -197,7 +208,11 @@ def step_train_recommendations(run_id: str, config: dict) -> dict:
         metrics = train_and_stage(run_id, run.as_of, config)
         info["rows"] = metrics.get("order_lines")
         info["detail"] = {key: value for key, value in metrics.items() if not isinstance(value, dict)}
-    merge_run_metrics(run_id, {"recommendations": metrics})
+    lines_quarantined = metrics.pop("quarantine", None)
+    if lines_quarantined and lines_quarantined["count"]:
+        log.warning("order lines quarantined", extra={"run_id": run_id, "reasons": lines_quarantined["reasons"]})
+    quarantine = merge_reports((runs.get_run(run_id).metrics or {}).get("quarantine"), lines_quarantined)
+    merge_run_metrics(run_id, {"recommendations": metrics, "quarantine": quarantine})
     return metrics
 
 

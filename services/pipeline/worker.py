@@ -105,7 +105,7 @@ def build_worker_app(overrides: dict | None = None):
     """Configure database, Redis and Celery from the environment (and overrides)."""
     config = load_config(overrides)
     config["REDIS_URL"] = config["REDIS_URL"] or DEFAULT_REDIS_URL
-    db.configure(config["DATABASE_URL"])
+    db.configure(config["DATABASE_URL"], config["SHOP_TIMEZONE"])
     redis_store.configure(config["REDIS_URL"], config["REDIS_PREFIX"], socket_timeout=5.0)
     return configure_celery(config)
 
@@ -114,7 +114,8 @@ def build_worker_app(overrides: dict | None = None):
 def reset_connections_after_fork(**_kwargs) -> None:
     """A forked pool process must not share the parent's database connections."""
     db.dispose()
-    db.configure(segrec_config()["DATABASE_URL"])
+    config = segrec_config()
+    db.configure(config["DATABASE_URL"], config["SHOP_TIMEZONE"])
 
 
 celery = build_worker_app()

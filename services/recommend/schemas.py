@@ -5,7 +5,8 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from webargs.fields import DelimitedList
 
-from shared.schemas import Identifier, Money
+from shared.limits import MAX_STOCK
+from shared.schemas import Identifier, Money, ScheduledDateTime
 from shared.web import BatchRequestMixin, TolerantList
 
 PROMOTION_KINDS = ("spend_threshold", "free_shipping")
@@ -20,9 +21,9 @@ class ProductRecordSchema(Schema):
     sku = Identifier(required=True)
     name = fields.String(required=True, validate=validate.Length(min=1, max=255))
     category = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=128))
-    price = Money(required=True, validate=validate.Range(min=0, max=10_000_000))
-    cost = Money(load_default=None, allow_none=True, validate=validate.Range(min=0, max=10_000_000))
-    stock = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0))
+    price = Money(required=True)
+    cost = Money(load_default=None, allow_none=True)
+    stock = fields.Integer(load_default=None, allow_none=True, validate=validate.Range(min=0, max=MAX_STOCK))
     active = fields.Boolean(load_default=True)
     repeat_purchase = fields.Boolean(load_default=False)
 
@@ -32,10 +33,10 @@ class PromotionRecordSchema(Schema):
 
     promotion_id = Identifier(required=True)
     kind = fields.String(required=True, validate=validate.OneOf(PROMOTION_KINDS))
-    threshold = Money(required=True, validate=validate.Range(min=0, min_inclusive=False, max=10_000_000))
-    discount = Money(load_default=0, validate=validate.Range(min=0, max=10_000_000))
-    starts_at = fields.DateTime(required=True)
-    ends_at = fields.DateTime(required=True)
+    threshold = Money(0, exclusive_minimum=True, required=True)
+    discount = Money(load_default=0)
+    starts_at = ScheduledDateTime(required=True)
+    ends_at = ScheduledDateTime(required=True)
     category = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=128))
 
     @validates_schema

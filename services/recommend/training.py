@@ -37,7 +37,9 @@ from services.recommend.store import (
 )
 from shared.extensions import db, redis_store
 from shared.frames import read_frame, write_frame
+from shared.limits import TimeRules
 from shared.models import RecommendationList
+from shared.quarantine import quarantine_order_lines
 from shared.runs import PREVIOUS_RUN, current_run_id, get_pointer
 
 log = logging.getLogger("segrec.recommend.training")
@@ -80,7 +82,7 @@ def load_catalogue(engine) -> pd.DataFrame:
 def load_order_lines(engine, as_of: datetime) -> pd.DataFrame:
     """Paid order lines up to as_of."""
     return read_frame(engine, ORDER_LINES_SQL, {"as_of": as_of}, date_columns=("placed_at",),
-                      dtypes={"order_id": str, "customer_id": str, "sku": str})
+                      dtypes={"order_id": str, "customer_id": str, "sku": str}, date_errors="coerce")
 
 
 class TrainingData:
@@ -205,7 +207,8 @@ def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     catalogue = load_catalogue(db.engine)
-    lines = load_order_lines(db.engine, as_of)
+    lines, quarantined = quarantine_order_lines(load_order_lines(db.engine, as_of), as_of,
+                                                TimeRules.from_config(config).min_date)
     timings["load"] = time.perf_counter() - started
     if catalogue.empty:
         stage_empty_version(run_id)
@@ -216,7 +219,8 @@ def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
     del lines
     if data.order_lines == 0:
         stage_empty_version(run_id)
-        return {"order_lines": 0, "items": int(data.n_items), "evaluation": {"skipped": "no paid orders"}}
+        return {"order_lines": 0, "items": int(data.n_items), "evaluation": {"skipped": "no paid orders"},
+                "quarantine": quarantined}
     # The served popularity list is the stored top POPULAR_STORED: the evaluation must score that same list.
     model_params = {"n_popular": POPULAR_STORED}
     model = CoPurchaseModel(**model_params).fit(data.baskets, data.basket_times)
@@ -264,6 +268,7 @@ def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
         "abc": {label: int((abc == label).sum()) for label in ("A", "B", "C")},
         "evaluation": evaluation,
         "seconds": {name: round(value, 3) for name, value in timings.items()},
+        "quarantine": quarantined,
     }
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from shared.schemas import Identifier, Money, PastDateTime
+from shared.limits import MAX_ORDER_LINES, MAX_QUANTITY, MIN_UNIT_PRICE
+from shared.schemas import Identifier, Money, PastDateTime, check_attributes, check_id
 from shared.web import BatchRequestMixin, TolerantList
 
 ORDER_STATUSES = ("paid", "refunded", "cancelled")
@@ -22,15 +23,16 @@ class CustomerRecordSchema(Schema):
     channel = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
     community_member = fields.Boolean(load_default=False)
     opted_out = fields.Boolean(load_default=False)
-    attributes = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=dict)
+    attributes = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=dict,
+                            validate=check_attributes)
 
 
 class OrderLineSchema(Schema):
-    """One order line: quantity at least 1, unit price above zero."""
+    """One order line: quantity at least 1, unit price at least one cent."""
 
     sku = Identifier(required=True)
-    quantity = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=100_000))
-    unit_price = Money(required=True, validate=validate.Range(min=0, min_inclusive=False, max=10_000_000))
+    quantity = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=MAX_QUANTITY))
+    unit_price = Money(MIN_UNIT_PRICE, required=True)
 
 
 class OrderRecordSchema(Schema):
@@ -40,16 +42,16 @@ class OrderRecordSchema(Schema):
     customer_id = Identifier(required=True)
     placed_at = PastDateTime(required=True)
     status = fields.String(load_default="paid", validate=validate.OneOf(ORDER_STATUSES))
-    lines = fields.List(fields.Nested(OrderLineSchema), required=True, validate=validate.Length(min=1, max=500))
+    lines = fields.List(fields.Nested(OrderLineSchema), required=True, validate=validate.Length(min=1, max=MAX_ORDER_LINES))
 
 
 class EventRecordSchema(Schema):
     """A behavioural event."""
 
-    event_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    event_id = fields.String(load_default=None, allow_none=True, validate=check_id)
     customer_id = Identifier(required=True)
     type = fields.String(required=True, validate=validate.OneOf(EVENT_TYPES))
-    sku = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=64))
+    sku = fields.String(load_default=None, allow_none=True, validate=check_id)
     occurred_at = PastDateTime(required=True)
 
 
@@ -272,7 +274,7 @@ class CampaignOfferSchema(Schema):
 
     kind = fields.String(required=True, validate=validate.OneOf(CAMPAIGN_OFFER_KINDS))
     # Percent for percent_off, money for amount_off; free_shipping needs none.
-    value = fields.Float(load_default=None, allow_nan=False, validate=validate.Range(min=0, max=10_000_000))
+    value = Money(load_default=None)
     valid_days = fields.Integer(load_default=None, validate=validate.Range(min=1, max=365))
 
     @validates_schema

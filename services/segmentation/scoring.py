@@ -27,6 +27,8 @@ INPUT_COLUMNS = (
     "customer_id", "joined_at", "community_member", "first_paid_at", "last_paid_at", "paid_orders",
     "net_spend", "purchase_days", "window_orders", "window_spend", "recent_orders", "recent_interactions",
 )
+# Input times (naive UTC) whose calendar day counts: read in the shop's time zone.
+DATE_COLUMNS = ("joined_at", "first_paid_at", "last_paid_at")
 # What a scoring run stores per customer (the customer_scores table).
 SCORE_COLUMNS = (
     "customer_id", "recency_days", "frequency", "monetary", "r", "f", "m", "rfm_segment", "tier", "tier_since",
@@ -92,6 +94,7 @@ class CustomerScorer:
         community_rules: CommunityRules | None = None,
         clv_horizon: ClvHorizon | None = None,
         penalizer_coef: float = 0.0,
+        shop_timezone: str = "UTC",
     ) -> None:
         self.window_days = window_days
         self.segment_map = segment_map
@@ -100,6 +103,7 @@ class CustomerScorer:
         self.community_rules = community_rules
         self.clv_horizon = clv_horizon
         self.penalizer_coef = penalizer_coef
+        self.shop_timezone = shop_timezone
 
     @property
     def _horizon(self) -> ClvHorizon:
@@ -108,15 +112,16 @@ class CustomerScorer:
     def fit(self, frame: pd.DataFrame, as_of: datetime) -> CustomerScorer:
         """Learn the population's RFM edges and the BG/NBD and Gamma-Gamma parameters."""
         self.as_of_ = pd.Timestamp(as_of).to_pydatetime()
+        local_frame, local_as_of = self._shop_local(frame)
         base_rules = self.lifecycle_rules or LifecycleRules()
         # One shop-wide gap for one-order customers, learned once so every shard judges them alike.
         self.lifecycle_rules_ = dataclasses.replace(
-            base_rules, typical_gap_days=estimate_typical_gap_days(frame, base_rules.typical_gap_days)
+            base_rules, typical_gap_days=estimate_typical_gap_days(local_frame, base_rules.typical_gap_days)
         )
         self.rfm_ = RFMScorer(window_days=self.window_days, segment_map=self.segment_map).fit(
             self._rfm_inputs(frame)
         )
-        inputs = buy_till_you_die_inputs(frame, self.as_of_, self._horizon.time_unit_days).dropna(
+        inputs = buy_till_you_die_inputs(local_frame, local_as_of, self._horizon.time_unit_days).dropna(
             subset=["frequency"])
         self.bg_ = None
         self.gg_ = None
@@ -187,7 +192,8 @@ class CustomerScorer:
         scores["expected_value_365d"] = expected_value
 
         self._assign_tiers(scores, rfm, previous)
-        scores["lifecycle"] = assign_lifecycle(frame, p_alive, self.as_of_, self.lifecycle_rules_)
+        local_frame, local_as_of = self._shop_local(frame)
+        scores["lifecycle"] = assign_lifecycle(local_frame, p_alive, local_as_of, self.lifecycle_rules_)
         scores["community_layer"] = assign_community_layer(
             frame["community_member"].to_numpy(dtype=bool),
             frame["recent_interactions"].to_numpy(dtype=np.int64),
@@ -196,9 +202,24 @@ class CustomerScorer:
         )
         return scores[list(SCORE_COLUMNS)]
 
+    def _shop_local(self, frame: pd.DataFrame) -> tuple[pd.DataFrame, datetime]:
+        """The frame's times and as_of as the shop's wall-clock time (naive): calendar days then begin at
+        the shop's midnight, not at midnight UTC. Durations between them stay what they were."""
+        as_of = pd.Timestamp(self.as_of_)
+        if self.shop_timezone == "UTC":
+            return frame, as_of.to_pydatetime()
+        local = frame.copy()
+        for column in DATE_COLUMNS:
+            if column in local:
+                local[column] = (pd.to_datetime(local[column]).dt.tz_localize("UTC").dt.tz_convert(self.shop_timezone)
+                                 .dt.tz_localize(None))
+        local_as_of = as_of.tz_localize("UTC").tz_convert(self.shop_timezone).tz_localize(None)
+        return local, local_as_of.to_pydatetime()
+
     def _lifetime_value(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         horizon = self._horizon
-        inputs = buy_till_you_die_inputs(frame, self.as_of_, horizon.time_unit_days)
+        frame, local_as_of = self._shop_local(frame)
+        inputs = buy_till_you_die_inputs(frame, local_as_of, horizon.time_unit_days)
         size = len(frame)
         p_alive = np.full(size, np.nan)
         expected_orders = np.zeros(size)

@@ -67,7 +67,9 @@ def load_customer_frame(engine: Engine, as_of: datetime, window_days: int = 365,
         params["low"] = low
     if high is not None:
         params["high"] = high
-    frame = read_frame(engine, query, params, date_columns=CUSTOMER_DATE_COLUMNS, dtypes={"customer_id": str})
+    # Dates pandas cannot hold become NaT here and are quarantined by the retrain (shared.quarantine).
+    frame = read_frame(engine, query, params, date_columns=CUSTOMER_DATE_COLUMNS, dtypes={"customer_id": str},
+                       date_errors="coerce")
     frame["community_member"] = frame["community_member"].astype(str).str.lower().isin(["true", "t", "1"])
     return frame
 

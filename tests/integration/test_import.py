@@ -352,9 +352,10 @@ def test_column_time_check_matches_the_row_rule():
     import pyarrow as pa
 
     from shared.importer import EPOCH, MICROSECOND, DateParser, _parse_timestamp_column
+    from shared.limits import TimeRules
 
-    micros, problems = _parse_timestamp_column(pa.array(AWKWARD_TIMES), DateParser(300))
-    reference = DateParser(300)
+    micros, problems = _parse_timestamp_column(pa.array(AWKWARD_TIMES), DateParser(TimeRules(future_skew_seconds=300)))
+    reference = DateParser(TimeRules(future_skew_seconds=300))
     for index, text in enumerate(AWKWARD_TIMES):
         value, problem = reference.parse(text)
         assert problems.get(index) == problem, text

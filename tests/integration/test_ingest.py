@@ -55,7 +55,7 @@ def test_orders_land_and_update_customer_aggregates(client, writer):
     assert stored.placeholder is True
     assert stored.paid_orders == 3
     assert stored.net_spend == pytest.approx(60 + 99.5 + 60)
-    assert stored.purchase_days == 2  # o1 and o2 are on the same day
+    assert stored.purchase_days == 3  # Shanghai days: o1 18:00 on 03-01, o2 02:00 on 03-02, o3 on 04-02
     assert stored.last_paid_at.isoformat() == "2025-04-02T01:00:00"  # converted to UTC
     assert count(OrderLine) == 3
     # Unknown skus become placeholder products, inactive until the catalogue sync sends them.
