@@ -13,7 +13,7 @@ from shared.extensions import db
 from shared.importer import import_csv
 from shared.ingest import refresh_customer_aggregates
 from shared.models import Customer, CustomerScore, Order, OrderLine, Product
-from shared.retrain import retrain_now
+from services.pipeline.retrain import retrain_now
 from tests.factories import AS_OF, add_products, small_shop
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
