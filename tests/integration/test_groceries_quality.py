@@ -1,6 +1,6 @@
 """The quality bar on real data, through the service's own import, training and HTTP path.
 
-Protocol of ../shared/data/README.md: baskets (member and date) sorted by date, train on the first
+Protocol of tests/data/README.md: baskets (member and date) sorted by date, train on the first
 80 %, hide one item (seeded) in each later basket of two or more items, count a hit when the hidden
 item is in the top 10 of POST /v1/cart/recommendations. The best public figure there is HR@10 = 0.390.
 """
@@ -11,20 +11,15 @@ import csv
 from datetime import datetime, timedelta
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from services.recommend.evaluation import leave_one_out_cases, time_ordered_split
 from shared.cli import main as segrec
 from shared.retrain import retrain_now
-from tests.conftest import SHARED_DATA
+from tests.conftest import TEST_DATA
 
-GROCERIES = SHARED_DATA / "groceries.csv"
+GROCERIES = TEST_DATA / "groceries.csv"
 BEST_PUBLIC_HIT_RATE = 0.390
-
-pytestmark = pytest.mark.skipif(
-    not GROCERIES.exists(), reason=f"{GROCERIES} is absent: the groceries quality check needs ../shared/data/"
-)
 
 
 def write_import_files(data: dict, train_baskets: np.ndarray, folder) -> tuple:

@@ -1,13 +1,11 @@
 """Print the cart cross-sell evaluation table on groceries.csv and on synthetic shapes.
 
 Run from the repo root:  python -m tests.perf.groceries_eval   (or python tests/perf/groceries_eval.py)
-Data path: $SEGREC_SHARED_DATA/groceries.csv, default <repo>/../shared/data/groceries.csv.
-Exits 0 with a message when the file is absent.
+Data: tests/data/groceries.csv (source and licence in tests/data/README.md).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,9 +26,8 @@ SEEDS_FOR_MEAN = list(range(10))
 
 
 def groceries_path() -> Path:
-    """Where groceries.csv is expected."""
-    shared = os.environ.get("SEGREC_SHARED_DATA") or str(REPO_ROOT.parent / "shared" / "data")
-    return Path(shared) / "groceries.csv"
+    """The groceries dataset shipped with the tests."""
+    return REPO_ROOT / "tests" / "data" / "groceries.csv"
 
 
 def load_groceries(path):
@@ -284,11 +281,7 @@ def main(argv=None):
     if "--scale" in argv:
         scale_check()
         return 0
-    path = groceries_path()
-    if not path.exists():
-        print(f"groceries.csv not found at {path}: skipping the evaluation (set SEGREC_SHARED_DATA)")
-        return 0
-    groceries = load_groceries(path)
+    groceries = load_groceries(groceries_path())
     groceries_table(groceries)
     if "--quick" not in argv:
         shapes = [
