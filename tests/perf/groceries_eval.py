@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from services.recommend import evaluation  # noqa: E402
-from services.recommend.cooccurrence import CoPurchaseModel  # noqa: E402
+from services.recommend.cooccurrence import CartScoring, CoPurchaseModel  # noqa: E402
 from services.recommend.crosssell import recommend_for_cart  # noqa: E402
 
 SEEDS_FOR_MEAN = list(range(10))
@@ -195,10 +195,18 @@ GRID = {
 }
 
 
+def grid_params(name, value):
+    """Constructor arguments that set one grid parameter; cart-scoring ones go inside CartScoring."""
+    if name in CartScoring.__dataclass_fields__:
+        return {"cart": CartScoring(**{name: value})}
+    return {name: value}
+
+
 def grid_across_shapes(datasets):
     """One-at-a-time grid around the defaults, HR@10 (seed 42) on every dataset."""
     print("\nHR@10 grid across shapes (one parameter varied from the defaults; * = default)")
     defaults = CoPurchaseModel().get_params()
+    defaults.update(vars(defaults["cart"]))
     header = " ".join(f"{d['name'][:14]:>14s}" for d in datasets)
     print(f"{'parameter = value':38s} {header}")
     populars = []
@@ -208,7 +216,7 @@ def grid_across_shapes(datasets):
     for name, values in GRID.items():
         for value in values:
             mark = "*" if defaults[name] == value else " "
-            hrs = [evaluate_model(d, {name: value})["hit_rate"] for d in datasets]
+            hrs = [evaluate_model(d, grid_params(name, value))["hit_rate"] for d in datasets]
             print(f"{name + ' = ' + str(value) + mark:38s} " + " ".join(f"{h:14.3f}" for h in hrs))
 
 
