@@ -21,7 +21,8 @@ from shared.models import Base
 from shared.redis_server import EmbeddedRedis, answers
 
 POSTGRES_ADMIN_URL = os.environ.get("SEGREC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-SHARED_DATA = Path(os.environ.get("SEGREC_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+# Public datasets the tests and benchmarks read, copied into the repository (sources and licences: tests/data/README.md).
+TEST_DATA = Path(__file__).resolve().parent / "data"
 
 
 def postgres_reachable() -> bool:

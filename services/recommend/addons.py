@@ -13,7 +13,8 @@ promotion id -- a customer 10 short of "save 30" is a far better prompt than
 one 150 short of "save 50".
 
 ``suggest_add_ons`` proposes single items or pairs whose total price reaches
-the gap with an overshoot of at most ``max_overshoot_fraction * gap``.
+the gap with an overshoot of at most ``max_overshoot_fraction * gap`` (settings
+in ``AddOnOptions``).
 Zero- or negative-priced items never count.  Pairs are searched among the
 ``max_pair_candidates`` candidates with the highest affinity only: sorted by
 price, ``np.searchsorted`` finds for each first item the price window of
@@ -22,7 +23,7 @@ O(M log M + number of valid pairs), bounded by M^2 / 2.  A pair is dropped
 when either of its items alone already reaches the gap (buying both would
 only add overshoot).
 
-Ranking blend (each term in [0, 1], weights are parameters)::
+Ranking blend (each term in [0, 1], weights are ``RankWeights``)::
 
     rank = 0.4 * closeness + 0.4 * affinity + 0.2 * margin   (x 0.9 for a pair)
 
@@ -37,6 +38,8 @@ Pure module: numpy only.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -100,25 +103,33 @@ def best_threshold_gap(cart_total, promotions, cart_categories_totals=None):
     return best
 
 
-def suggest_add_ons(
-    gap,
-    candidates,
-    price,
-    affinity,
-    margin,
-    max_overshoot_fraction=0.5,
-    n=5,
-    allow_pairs=True,
-    saving=0.0,
-    max_pair_candidates=200,
-    closeness_weight=0.4,
-    affinity_weight=0.4,
-    margin_weight=0.2,
-    pair_penalty=0.9,
-    max_uses_per_item=2,
-    item_names=None,
-    currency="",
-):
+@dataclass(frozen=True)
+class RankWeights:
+    """Weights of the ranking blend of add-on suggestions (see the module docstring)."""
+
+    closeness: float = 0.4
+    affinity: float = 0.4
+    margin: float = 0.2
+    pair_penalty: float = 0.9
+
+
+@dataclass(frozen=True)
+class AddOnOptions:
+    """How many suggestions, how far they may overshoot, how pairs are searched, and how they are worded."""
+
+    max_overshoot_fraction: float = 0.5
+    n: int = 5
+    allow_pairs: bool = True
+    max_pair_candidates: int = 200
+    max_uses_per_item: int = 2
+    weights: RankWeights = field(default_factory=RankWeights)
+    currency: str = ""
+
+
+DEFAULT_OPTIONS = AddOnOptions()
+
+
+def suggest_add_ons(gap, candidates, price, affinity, margin, saving=0.0, item_names=None, options=DEFAULT_OPTIONS):
     """Single items or pairs that close ``gap`` with least overshoot, best first; None when gap <= 0.
 
     ``candidates``: item indices (already filtered to the promotion's category,
@@ -129,8 +140,27 @@ def suggest_add_ons(
     """
     if gap is None or gap <= 0:
         return None
-    if max_overshoot_fraction < 0 or n < 0:
+    if options.max_overshoot_fraction < 0 or options.n < 0:
         raise InvalidAddOnInputError("max_overshoot_fraction and n must be >= 0")
+    candidates, item_price, item_affinity, item_margin = _priced_candidates(candidates, price, affinity, margin)
+    if candidates.size == 0:
+        return []
+    allowed = float(gap) * options.max_overshoot_fraction
+    weights = options.weights
+
+    # Singles: price within [gap, gap + allowed].
+    single = (item_price >= gap) & (item_price <= gap + allowed)
+    scored = [_score_options(
+        [candidates[single]], item_price[single], item_affinity[single], item_margin[single], gap, allowed,
+        weights, 1.0,
+    )]
+    if options.allow_pairs and candidates.size >= 2:
+        scored.append(_pair_options(candidates, item_price, item_affinity, item_margin, gap, allowed, options))
+    return _pick_suggestions(scored, gap, saving, item_names, options)
+
+
+def _priced_candidates(candidates, price, affinity, margin):
+    """Distinct, positively priced candidates with their price, affinity and margin, each scaled to [0, 1]."""
     candidates = np.asarray(candidates, dtype=np.int64)
     affinity = np.asarray(affinity, dtype=float)
     price = np.asarray(price, dtype=float)
@@ -146,7 +176,7 @@ def suggest_add_ons(
     priced = item_price > 0
     candidates, affinity, item_price = candidates[priced], affinity[priced], item_price[priced]
     if candidates.size == 0:
-        return []
+        return candidates, item_price, affinity, np.zeros(0)
 
     # The median is taken over the candidates only: a request must not scan a 50,000-item catalogue.
     candidate_margin = margin[candidates]
@@ -155,54 +185,52 @@ def suggest_add_ons(
     item_margin = np.clip(np.nan_to_num(candidate_margin, nan=default_margin), 0.0, 1.0)
     best_affinity = max(float(np.max(affinity)), 0.0)
     item_affinity = np.clip(affinity / best_affinity, 0.0, 1.0) if best_affinity > 0 else np.zeros_like(affinity)
-    allowed = float(gap) * max_overshoot_fraction
+    return candidates, item_price, item_affinity, item_margin
 
-    # Singles: price within [gap, gap + allowed].
-    single = (item_price >= gap) & (item_price <= gap + allowed)
-    options = [_score_options(
-        [candidates[single]], item_price[single], item_affinity[single], item_margin[single], gap, allowed,
-        closeness_weight, affinity_weight, margin_weight, 1.0,
-    )]
 
-    if allow_pairs and candidates.size >= 2:
-        # Pair search over the M most relevant candidates, each alone short of the gap.
-        short = np.flatnonzero(item_price < gap)
-        pool = short[np.lexsort((candidates[short], -item_affinity[short]))][:max_pair_candidates]
-        pool = pool[np.argsort(item_price[pool], kind="stable")]
-        pool_price = item_price[pool]
-        low = np.searchsorted(pool_price, gap - pool_price, side="left")
-        high = np.searchsorted(pool_price, gap + allowed - pool_price, side="right")
-        # Only partners after the first item in price order, so each pair is listed once.
-        low = np.maximum(low, np.arange(pool.size) + 1)
-        counts = np.clip(high - low, 0, None)
-        first = np.repeat(np.arange(pool.size), counts)
-        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        second = np.repeat(low, counts) + offsets
-        a, b = pool[first], pool[second]
-        pair_price = item_price[a] + item_price[b]
-        pair_margin = (item_price[a] * item_margin[a] + item_price[b] * item_margin[b]) / pair_price
-        options.append(_score_options(
-            [candidates[a], candidates[b]], pair_price, (item_affinity[a] + item_affinity[b]) / 2.0, pair_margin,
-            gap, allowed, closeness_weight, affinity_weight, margin_weight, pair_penalty,
-        ))
+def _pair_options(candidates, item_price, item_affinity, item_margin, gap, allowed, options):
+    """Scored pairs among the most relevant candidates that are each alone short of the gap."""
+    short = np.flatnonzero(item_price < gap)
+    pool = short[np.lexsort((candidates[short], -item_affinity[short]))][: options.max_pair_candidates]
+    pool = pool[np.argsort(item_price[pool], kind="stable")]
+    pool_price = item_price[pool]
+    low = np.searchsorted(pool_price, gap - pool_price, side="left")
+    high = np.searchsorted(pool_price, gap + allowed - pool_price, side="right")
+    # Only partners after the first item in price order, so each pair is listed once.
+    low = np.maximum(low, np.arange(pool.size) + 1)
+    counts = np.clip(high - low, 0, None)
+    first = np.repeat(np.arange(pool.size), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    second = np.repeat(low, counts) + offsets
+    a, b = pool[first], pool[second]
+    pair_price = item_price[a] + item_price[b]
+    pair_margin = (item_price[a] * item_margin[a] + item_price[b] * item_margin[b]) / pair_price
+    return _score_options(
+        [candidates[a], candidates[b]], pair_price, (item_affinity[a] + item_affinity[b]) / 2.0, pair_margin,
+        gap, allowed, options.weights, options.weights.pair_penalty,
+    )
 
-    items = [option["items"] for option in options]
-    totals = np.concatenate([option["total"] for option in options])
-    ranks = np.concatenate([option["rank"] for option in options])
-    sizes = np.concatenate([np.full(option["total"].size, len(option["items"])) for option in options])
-    starts = np.cumsum([0] + [option["total"].size for option in options])
+
+def _pick_suggestions(scored, gap, saving, item_names, options):
+    """The best ``options.n`` scored options, each item used at most ``max_uses_per_item`` times, with reasons."""
+    items = [option["items"] for option in scored]
+    totals = np.concatenate([option["total"] for option in scored])
+    ranks = np.concatenate([option["rank"] for option in scored])
+    sizes = np.concatenate([np.full(option["total"].size, len(option["items"])) for option in scored])
+    starts = np.cumsum([0] + [option["total"].size for option in scored])
     # Best rank first; ties: smaller overshoot, then fewer items.
     order = np.lexsort((sizes, totals, -ranks))
     names = (lambda i: str(item_names[i])) if item_names is not None else (lambda i: f"item {i}")
+    currency = options.currency
     uses = {}
     suggestions = []
     for position in order:
-        if len(suggestions) >= n:
+        if len(suggestions) >= options.n:
             break
         block = int(np.searchsorted(starts, position, side="right") - 1)
         local = position - starts[block]
         chosen = [int(column[local]) for column in items[block]]
-        if any(uses.get(item, 0) >= max_uses_per_item for item in chosen):
+        if any(uses.get(item, 0) >= options.max_uses_per_item for item in chosen):
             continue
         for item in chosen:
             uses[item] = uses.get(item, 0) + 1
@@ -223,9 +251,9 @@ def suggest_add_ons(
     return suggestions
 
 
-def _score_options(item_columns, total, affinity, margin, gap, allowed, closeness_weight, affinity_weight, margin_weight, penalty):
+def _score_options(item_columns, total, affinity, margin, gap, allowed, weights, penalty):
     """Rank score of candidate options (singles or pairs) with the documented blend."""
     overshoot = total - gap
     closeness = 1.0 - overshoot / allowed if allowed > 0 else (overshoot <= 1e-9).astype(float)
-    rank = penalty * (closeness_weight * closeness + affinity_weight * affinity + margin_weight * margin)
+    rank = penalty * (weights.closeness * closeness + weights.affinity * affinity + weights.margin * margin)
     return {"items": item_columns, "total": np.asarray(total, dtype=float), "rank": np.asarray(rank, dtype=float)}

@@ -1,6 +1,7 @@
 """Item-to-item co-purchase model: significant co-purchase evidence on top of a popularity prior.
 
-Score of candidate j for a cart (what crosssell.recommend_for_cart serves)::
+Score of candidate j for a cart (what crosssell.recommend_for_cart serves;
+popularity_weight and K are in ``CartScoring``)::
 
     score(j | cart) = popularity_weight * popularity_[j]
                       + sum over the K most informative cart items i of  w * scores_[i, j]
@@ -47,6 +48,8 @@ Pure module: numpy / scipy.sparse only.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -112,6 +115,19 @@ def top_n_per_row(rows, cols, values, n):
     return position[order[rank < n]]
 
 
+@dataclass(frozen=True)
+class CartScoring:
+    """How a cart is scored from the fitted model (read by crosssell and by serving).
+
+    ``popularity_weight``: weight of the popularity prior; ``max_cart_items``: the K most informative cart
+    items whose neighbour lists count; ``n_popular``: length of the stored popularity list.
+    """
+
+    popularity_weight: float = 1.0
+    max_cart_items: int = 20
+    n_popular: int = 500
+
+
 class CoPurchaseModel(BaseEstimator):
     """Item-to-item co-purchase evidence over a time-decayed popularity prior."""
 
@@ -121,27 +137,23 @@ class CoPurchaseModel(BaseEstimator):
         shrinkage=20.0,
         significance=2.0,
         min_support=2,
-        popularity_weight=1.0,
         popularity_half_life_days=60.0,
         pair_half_life_days=None,
-        max_cart_items=20,
-        n_popular=500,
+        cart=CartScoring(),
         block_work=20_000_000,
     ):
         self.n_neighbors = n_neighbors
         self.shrinkage = shrinkage
         self.significance = significance
         self.min_support = min_support
-        self.popularity_weight = popularity_weight
         self.popularity_half_life_days = popularity_half_life_days
         self.pair_half_life_days = pair_half_life_days
-        self.max_cart_items = max_cart_items
-        self.n_popular = n_popular
+        self.cart = cart
         self.block_work = block_work
 
     def _validate_params(self):
         """Raise InvalidBasketsError for hyper-parameters that cannot work."""
-        if self.n_neighbors < 1 or self.n_popular < 1 or self.max_cart_items < 1:
+        if self.n_neighbors < 1 or self.cart.n_popular < 1 or self.cart.max_cart_items < 1:
             raise InvalidBasketsError("n_neighbors, n_popular and max_cart_items must be >= 1")
         if self.shrinkage < 0 or self.significance < 0 or self.min_support < 1:
             raise InvalidBasketsError("shrinkage and significance must be >= 0, min_support >= 1")
@@ -172,7 +184,7 @@ class CoPurchaseModel(BaseEstimator):
 
         self.informativeness_ = np.asarray(self.scores_.sum(axis=1)).ravel()
         order = np.lexsort((np.arange(n_items), -self.popularity_))
-        self.popular_items_ = order[: self.n_popular]
+        self.popular_items_ = order[: self.cart.n_popular]
         self.popular_scores_ = self.popularity_[self.popular_items_]
         return self
 

@@ -7,7 +7,7 @@ list) and hands them to ``merge_neighbor_lists``.  So the offline HR@10 is
 the served HR@10, including the effect of top-N pruning and of truncating the
 popularity backfill.
 
-Bounded work for huge carts: only the ``model.max_cart_items`` (K, default
+Bounded work for huge carts: only the ``model.cart.max_cart_items`` (K, default
 20) most informative cart items contribute neighbour lists.  Informativeness
 of an item = the sum of its stored neighbour scores (= its total excess
 co-purchase probability), which the web tier can compute from the lists it
@@ -72,8 +72,8 @@ def cart_neighbor_lists(model, cart_items):
     cart = np.unique(np.asarray(cart_items, dtype=np.int64))
     if cart.size and (cart.min() < 0 or cart.max() >= model.n_items_):
         raise InvalidCartError(f"cart items must be within 0..{model.n_items_ - 1}")
-    lists = [(model.popular_items_, model.popular_scores_, model.popularity_weight)]
-    for item in select_cart_items(cart, model.informativeness_, model.max_cart_items):
+    lists = [(model.popular_items_, model.popular_scores_, model.cart.popularity_weight)]
+    for item in select_cart_items(cart, model.informativeness_, model.cart.max_cart_items):
         items, scores = model.neighbor_list(item)
         lists.append((items, scores, 1.0))
     return lists
@@ -95,7 +95,7 @@ def cart_reason(model, cart_items, item, item_names=None):
     """A short sentence saying why ``item`` is suggested for this cart."""
     names = (lambda i: str(item_names[i])) if item_names is not None else (lambda i: f"item {i}")
     best_anchor, best_score, best_count = None, 0.0, 0
-    for anchor in select_cart_items(cart_items, model.informativeness_, model.max_cart_items):
+    for anchor in select_cart_items(cart_items, model.informativeness_, model.cart.max_cart_items):
         row = model.scores_.getrow(anchor)
         hit = np.flatnonzero(row.indices == item)
         if hit.size and row.data[hit[0]] > best_score:

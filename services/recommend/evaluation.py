@@ -1,6 +1,6 @@
 """Offline evaluation of cart recommenders, with synthetic basket generators.
 
-Protocol (the one in shared/data/README.md): sort baskets by time, train on
+Protocol (the one in tests/data/README.md): sort baskets by time, train on
 the first 80 %, test on the later baskets that hold >= 2 distinct items; in
 each test basket hide one item picked with ``np.random.default_rng(seed)``
 (``rng.choice`` over the basket's item indices in ascending order, one draw

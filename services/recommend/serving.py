@@ -18,7 +18,7 @@ import numpy as np
 from cachetools import LRUCache
 from sqlalchemy import select
 
-from services.recommend.addons import best_threshold_gap, suggest_add_ons
+from services.recommend.addons import AddOnOptions, best_threshold_gap, suggest_add_ons
 from services.recommend.crosssell import merge_neighbor_lists, select_cart_items
 from services.recommend.store import Catalogue, CustomerLists, ListReader, decode_customer_lists
 from shared.extensions import db
@@ -29,6 +29,7 @@ MAX_CART_LINES = 100
 # Add-ons are searched among the items most related to the cart; pairs among the closest of those.
 ADD_ON_CANDIDATES = 60
 ADD_ON_PAIR_CANDIDATES = 30
+ADD_ON_OPTIONS = AddOnOptions(n=5, max_pair_candidates=ADD_ON_PAIR_CANDIDATES)
 PROMOTION_CACHE_SECONDS = 30.0
 
 
@@ -321,8 +322,8 @@ class Recommender:
             in_scope = np.asarray([catalogue.categories[item] == target["category"] for item in candidates], bool)
             candidates, affinity = candidates[in_scope], affinity[in_scope]
         suggestions = suggest_add_ons(
-            target["gap"], candidates, catalogue.prices, affinity, catalogue.margins, n=5, saving=target["saving"],
-            max_pair_candidates=ADD_ON_PAIR_CANDIDATES, item_names=catalogue.names,
+            target["gap"], candidates, catalogue.prices, affinity, catalogue.margins, saving=target["saving"],
+            item_names=catalogue.names, options=ADD_ON_OPTIONS,
         ) or []
         return {
             "promotion_id": target["promotion_id"],

@@ -19,8 +19,8 @@ import scipy.sparse as sp
 from sqlalchemy import delete
 
 from services.recommend.abc import abc_classes
-from services.recommend.bundles import build_bundles
-from services.recommend.cooccurrence import CoPurchaseModel
+from services.recommend.bundles import BundleCatalogue, BundleOptions, BundlePricing, build_bundles
+from services.recommend.cooccurrence import CartScoring, CoPurchaseModel
 from services.recommend.crosssell import recommend_for_cart
 from services.recommend.evaluation import evaluate_against_popularity, split_and_cases
 from services.recommend.foryou import ForYouModel
@@ -174,8 +174,8 @@ def _catalogue_payload(catalogue: pd.DataFrame, model: CoPurchaseModel, abc: np.
             "abc": abc.tolist(),
             "orders": item_counts.astype(int).tolist(),
             "informativeness": np.round(model.informativeness_, 6).tolist(),
-            "popularity_weight": float(model.popularity_weight),
-            "max_cart_items": int(model.max_cart_items),
+            "popularity_weight": float(model.cart.popularity_weight),
+            "max_cart_items": int(model.cart.max_cart_items),
             "popular": [[int(item), round(float(score), 6)]
                         for item, score in zip(popular_items, model.popular_scores_[:POPULAR_STORED])],
             "trending": [int(item) for item in np.lexsort((np.arange(trending.size), -trending))[:POPULAR_STORED]],
@@ -222,7 +222,7 @@ def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
         return {"order_lines": 0, "items": int(data.n_items), "evaluation": {"skipped": "no paid orders"},
                 "quarantine": quarantined}
     # The served popularity list is the stored top POPULAR_STORED: the evaluation must score that same list.
-    model_params = {"n_popular": POPULAR_STORED}
+    model_params = {"cart": CartScoring(n_popular=POPULAR_STORED)}
     model = CoPurchaseModel(**model_params).fit(data.baskets, data.basket_times)
     item_counts = np.asarray(data.baskets.sum(axis=0)).ravel()
     timings["co_purchase"] = time.perf_counter() - step
@@ -232,11 +232,13 @@ def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
     abc = abc_classes(data.revenue)
     in_stock = (catalogue["stock"].isna() | (catalogue["stock"] > 0)).to_numpy()
     category_codes = pd.factorize(catalogue["category"])[0]
-    bundles = build_bundles(
-        model, catalogue["price"].to_numpy(), catalogue["cost"].to_numpy(dtype=float), category_codes,
-        (catalogue["active"] & ~catalogue["placeholder"]).to_numpy(), in_stock, abc=abc,
-        margin_floor=config["BUNDLE_MARGIN_FLOOR"], item_names=catalogue["name"].to_numpy(),
+    bundle_catalogue = BundleCatalogue(
+        price=catalogue["price"].to_numpy(), cost=catalogue["cost"].to_numpy(dtype=float), category=category_codes,
+        active=(catalogue["active"] & ~catalogue["placeholder"]).to_numpy(), in_stock=in_stock, abc=abc,
+        names=catalogue["name"].to_numpy(),
     )
+    bundle_options = BundleOptions(pricing=BundlePricing(margin_floor=config["BUNDLE_MARGIN_FLOOR"]))
+    bundles = build_bundles(model, bundle_catalogue, bundle_options)
     timings["bundles"] = time.perf_counter() - step
 
     step = time.perf_counter()

@@ -1,13 +1,11 @@
 """Print the cart cross-sell evaluation table on groceries.csv and on synthetic shapes.
 
 Run from the repo root:  python -m tests.perf.groceries_eval   (or python tests/perf/groceries_eval.py)
-Data path: $SEGREC_SHARED_DATA/groceries.csv, default <repo>/../shared/data/groceries.csv.
-Exits 0 with a message when the file is absent.
+Data: tests/data/groceries.csv (source and licence in tests/data/README.md).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,16 +19,15 @@ import pandas as pd  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from services.recommend import evaluation  # noqa: E402
-from services.recommend.cooccurrence import CoPurchaseModel  # noqa: E402
+from services.recommend.cooccurrence import CartScoring, CoPurchaseModel  # noqa: E402
 from services.recommend.crosssell import recommend_for_cart  # noqa: E402
 
 SEEDS_FOR_MEAN = list(range(10))
 
 
 def groceries_path() -> Path:
-    """Where groceries.csv is expected."""
-    shared = os.environ.get("SEGREC_SHARED_DATA") or str(REPO_ROOT.parent / "shared" / "data")
-    return Path(shared) / "groceries.csv"
+    """The groceries dataset shipped with the tests."""
+    return REPO_ROOT / "tests" / "data" / "groceries.csv"
 
 
 def load_groceries(path):
@@ -198,10 +195,18 @@ GRID = {
 }
 
 
+def grid_params(name, value):
+    """Constructor arguments that set one grid parameter; cart-scoring ones go inside CartScoring."""
+    if name in CartScoring.__dataclass_fields__:
+        return {"cart": CartScoring(**{name: value})}
+    return {name: value}
+
+
 def grid_across_shapes(datasets):
     """One-at-a-time grid around the defaults, HR@10 (seed 42) on every dataset."""
     print("\nHR@10 grid across shapes (one parameter varied from the defaults; * = default)")
     defaults = CoPurchaseModel().get_params()
+    defaults.update(vars(defaults["cart"]))
     header = " ".join(f"{d['name'][:14]:>14s}" for d in datasets)
     print(f"{'parameter = value':38s} {header}")
     populars = []
@@ -211,7 +216,7 @@ def grid_across_shapes(datasets):
     for name, values in GRID.items():
         for value in values:
             mark = "*" if defaults[name] == value else " "
-            hrs = [evaluate_model(d, {name: value})["hit_rate"] for d in datasets]
+            hrs = [evaluate_model(d, grid_params(name, value))["hit_rate"] for d in datasets]
             print(f"{name + ' = ' + str(value) + mark:38s} " + " ".join(f"{h:14.3f}" for h in hrs))
 
 
@@ -284,11 +289,7 @@ def main(argv=None):
     if "--scale" in argv:
         scale_check()
         return 0
-    path = groceries_path()
-    if not path.exists():
-        print(f"groceries.csv not found at {path}: skipping the evaluation (set SEGREC_SHARED_DATA)")
-        return 0
-    groceries = load_groceries(path)
+    groceries = load_groceries(groceries_path())
     groceries_table(groceries)
     if "--quick" not in argv:
         shapes = [

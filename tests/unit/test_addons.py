@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from services.recommend.addons import InvalidPromotionError, best_threshold_gap, suggest_add_ons
+from services.recommend.addons import AddOnOptions, InvalidPromotionError, best_threshold_gap, suggest_add_ons
 
 PROMOTIONS = [
     {"promotion_id": "p200", "threshold": 200, "discount": 30},
@@ -41,7 +41,7 @@ def test_single_and_pair_close_gap_with_least_overshoot():
     margin = np.full(6, 0.3)
     candidates = np.arange(6)
     affinity = np.ones(6)
-    out = suggest_add_ons(15.0, candidates, price, affinity, margin, saving=30.0, n=10)
+    out = suggest_add_ons(15.0, candidates, price, affinity, margin, saving=30.0, options=AddOnOptions(n=10))
     combos = [tuple(s["items"]) for s in out]
     assert combos[0] == (5,)  # 0.5 over, single item
     assert (2, 3) in combos or (3, 2) in combos  # 9 + 7 = 16
@@ -53,9 +53,9 @@ def test_single_and_pair_close_gap_with_least_overshoot():
 
 def test_affinity_and_margin_shift_ranking():
     price = np.array([15.0, 15.0])
-    out = suggest_add_ons(15.0, [0, 1], price, [0.1, 1.0], np.array([0.3, 0.3]), allow_pairs=False)
+    out = suggest_add_ons(15.0, [0, 1], price, [0.1, 1.0], np.array([0.3, 0.3]), options=AddOnOptions(allow_pairs=False))
     assert out[0]["items"] == [1]
-    out = suggest_add_ons(15.0, [0, 1], price, [1.0, 1.0], np.array([0.6, 0.1]), allow_pairs=False)
+    out = suggest_add_ons(15.0, [0, 1], price, [1.0, 1.0], np.array([0.6, 0.1]), options=AddOnOptions(allow_pairs=False))
     assert out[0]["items"] == [0]
 
 
@@ -64,7 +64,7 @@ def test_pair_search_is_bounded_and_fast():
     n = 50_000
     price = np.round(rng.uniform(1, 60, n), 2)
     start = time.perf_counter()
-    out = suggest_add_ons(37.0, np.arange(n), price, rng.random(n), rng.random(n), max_pair_candidates=300)
+    out = suggest_add_ons(37.0, np.arange(n), price, rng.random(n), rng.random(n), options=AddOnOptions(max_pair_candidates=300))
     assert time.perf_counter() - start < 1.0
     assert len(out) == 5
     counts = {}

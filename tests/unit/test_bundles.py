@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from services.recommend.abc import InvalidRevenueError, abc_classes
-from services.recommend.bundles import InvalidBundleInputError, build_bundles, margin_safe_discount
+from services.recommend.bundles import (
+    BundleCatalogue,
+    BundleOptions,
+    BundlePricing,
+    InvalidBundleInputError,
+    build_bundles,
+    margin_safe_discount,
+)
 from services.recommend.cooccurrence import CoPurchaseModel
 from services.recommend.evaluation import synthetic_priced_catalogue
 
@@ -36,7 +43,7 @@ def test_margin_safe_discount_never_negative_and_respects_floor():
 
 def test_bundles_are_complementary_margin_safe_and_explained(catalogue):
     data, model, active, in_stock = catalogue
-    bundles = build_bundles(model, data["price"], data["cost"], data["category"], active, in_stock)
+    bundles = build_bundles(model, BundleCatalogue(data["price"], data["cost"], data["category"], active, in_stock))
     assert bundles
     for bundle in bundles:
         categories = data["category"][bundle["items"]]
@@ -51,7 +58,10 @@ def test_bundles_are_complementary_margin_safe_and_explained(catalogue):
 def test_unknown_cost_uses_default_margin(catalogue):
     data, model, active, in_stock = catalogue
     cost = np.full(model.n_items_, np.nan)
-    bundles = build_bundles(model, data["price"], cost, data["category"], active, in_stock, default_margin=0.30)
+    bundles = build_bundles(
+        model, BundleCatalogue(data["price"], cost, data["category"], active, in_stock),
+        BundleOptions(pricing=BundlePricing(default_margin=0.30)),
+    )
     # 30 % assumed margin leaves room for the full 10 % target discount.
     assert all(b["discount"] == pytest.approx(0.10, abs=1e-3) for b in bundles)
 
@@ -60,7 +70,12 @@ def test_slow_movers_are_preferred_and_named(catalogue):
     data, model, active, in_stock = catalogue
     abc = np.full(model.n_items_, "A")
     abc[2::3] = "C"  # second accessories of every main are slow movers
-    bundles = build_bundles(model, data["price"], data["cost"], data["category"], active, in_stock, abc=abc, max_items=2, bundles_per_anchor=1, item_names=[f"sku{i}" for i in range(model.n_items_)])
+    bundles = build_bundles(
+        model,
+        BundleCatalogue(data["price"], data["cost"], data["category"], active, in_stock, abc=abc,
+                        names=[f"sku{i}" for i in range(model.n_items_)]),
+        BundleOptions(max_items=2, bundles_per_anchor=1),
+    )
     slow = [b for b in bundles if b["anchor"] % 3 == 0 and b["items"][1] % 3 == 2]
     assert slow and all("clears slow-moving" in b["reason"] for b in slow)
 
@@ -69,11 +84,11 @@ def test_out_of_stock_items_are_never_bundled(catalogue):
     data, model, active, in_stock = catalogue
     in_stock = in_stock.copy()
     in_stock[1::3] = False
-    bundles = build_bundles(model, data["price"], data["cost"], data["category"], active, in_stock)
+    bundles = build_bundles(model, BundleCatalogue(data["price"], data["cost"], data["category"], active, in_stock))
     assert all(not any(i % 3 == 1 and i < 180 for i in b["items"]) for b in bundles)
 
 
 def test_invalid_metadata_raises(catalogue):
     data, model, active, in_stock = catalogue
     with pytest.raises(InvalidBundleInputError):
-        build_bundles(model, data["price"][:3], data["cost"], data["category"], active, in_stock)
+        build_bundles(model, BundleCatalogue(data["price"][:3], data["cost"], data["category"], active, in_stock))

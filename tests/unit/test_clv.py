@@ -1,6 +1,5 @@
 """Tests for services.segmentation.clv against published CDNOW results and closed forms."""
 
-import importlib.util
 import warnings
 from pathlib import Path
 
@@ -31,18 +30,14 @@ PUBLISHED_GAMMA_GAMMA = {"p": 6.25, "q": 3.74, "v": 15.44}
 PUBLISHED_GAMMA_GAMMA_LOG_LIKELIHOOD = -4055.9
 
 
-def _lifetimes_datasets_dir() -> Path:
-    """Folder with the CDNOW files shipped in the lifetimes wheel, without importing lifetimes."""
-    spec = importlib.util.find_spec("lifetimes")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("lifetimes is not installed: the CDNOW reference files ship inside its wheel")
-    return Path(spec.submodule_search_locations[0]) / "datasets"
+# The CDNOW files as shipped in the lifetimes wheel, copied into tests/data (see tests/data/README.md).
+CDNOW_DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @pytest.fixture(scope="module")
 def cdnow_transactions() -> pd.DataFrame:
     """Raw CDNOW sample: master id, sample id (1..2357), date, CDs, dollars."""
-    path = _lifetimes_datasets_dir() / "CDNOW_sample.txt"
+    path = CDNOW_DATA / "CDNOW_sample.txt"
     frame = pd.read_csv(
         path,
         sep=r"\s+",
@@ -93,9 +88,9 @@ def _published_gg_model() -> GammaGammaModel:
 
 
 def test_summary_reproduces_published_cdnow_summary(cdnow_summary):
-    reference = pd.read_csv(_lifetimes_datasets_dir() / "cdnow_customers_summary.csv", index_col="ID")
+    reference = pd.read_csv(CDNOW_DATA / "cdnow_customers_summary.csv", index_col="ID")
     with_spend = pd.read_csv(
-        _lifetimes_datasets_dir() / "cdnow_customers_summary_with_transactions.csv", index_col="ID"
+        CDNOW_DATA / "cdnow_customers_summary_with_transactions.csv", index_col="ID"
     )
     assert len(cdnow_summary) == 2357
     assert list(cdnow_summary.index) == list(reference.index)
@@ -154,7 +149,7 @@ def test_gamma_gamma_reproduces_published_estimates(fitted_gg):
 
 def test_gamma_gamma_on_published_summary_file():
     with_spend = pd.read_csv(
-        _lifetimes_datasets_dir() / "cdnow_customers_summary_with_transactions.csv", index_col="ID"
+        CDNOW_DATA / "cdnow_customers_summary_with_transactions.csv", index_col="ID"
     )
     model = GammaGammaModel().fit(with_spend["x"], with_spend["zbar"])
     assert model.params_["p"] == pytest.approx(6.25, rel=0.01)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.recommend import evaluation
-from services.recommend.cooccurrence import CoPurchaseModel
+from services.recommend.cooccurrence import CartScoring, CoPurchaseModel
 from services.recommend.crosssell import (
     InvalidCartError,
     cart_neighbor_lists,
@@ -43,9 +43,9 @@ def test_recommendations_never_in_cart_or_excluded(strong_pairs):
 
 
 def test_serving_merge_equals_model_dense_scoring(strong_pairs):
-    model = CoPurchaseModel(n_popular=model_items(strong_pairs)).fit(strong_pairs["baskets"])
+    model = CoPurchaseModel(cart=CartScoring(n_popular=model_items(strong_pairs))).fit(strong_pairs["baskets"])
     cart = np.array([0, 31])
-    dense = model.popularity_weight * model.popularity_.copy()
+    dense = model.cart.popularity_weight * model.popularity_.copy()
     for item in cart:
         dense += model.scores_[item].toarray().ravel()
     dense[cart] = -np.inf
@@ -62,7 +62,7 @@ def test_huge_cart_is_bounded_and_fast():
     data = evaluation.synthetic_long_tail(n_baskets=6000, n_items=1500, random_state=2)
     model = CoPurchaseModel().fit(data["baskets"])
     cart = np.arange(500)
-    assert len(cart_neighbor_lists(model, cart)) <= model.max_cart_items + 1
+    assert len(cart_neighbor_lists(model, cart)) <= model.cart.max_cart_items + 1
     start = time.perf_counter()
     items, _ = recommend_for_cart(model, cart, 10)
     assert time.perf_counter() - start < 0.5
