@@ -1,0 +1,108 @@
+"""What the console's charts need from a run, computed once per run and cached in Redis by run id.
+
+A run's scores never change after it is published, so its counts, R x F grid and transitions are
+computed the first time any page asks (one scan of the run's rows) and kept under
+`<prefix>:console:<what>:<run ids>` for CONSOLE_AGGREGATE_TTL_SECONDS. Pages then read one Redis key
+instead of scanning up to a million rows per view. Live numbers (orders in the last 30 days) are
+cached for a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import orjson
+import redis
+from sqlalchemy import func, select
+
+from services.segmentation import segments
+from shared.extensions import db, redis_store
+from shared.ingest import utcnow
+from shared.models import CustomerScore, Order
+
+log = logging.getLogger("segrec.console.aggregates")
+
+COUNTED_DIMENSIONS = ("tier", "lifecycle", "community_layer", "rfm_segment")
+GRID_SIZE = 5
+
+
+def cached(key: str, ttl_seconds: int, compute):
+    """The JSON value under key, or compute() stored there; Redis being down only costs the cache."""
+    full_key = redis_store.key("console", key)
+    try:
+        payload = redis_store.client.get(full_key)
+        if payload is not None:
+            return orjson.loads(payload)
+    except redis.RedisError as error:
+        log.warning("console cache unavailable: %s", error)
+        return compute()
+    value = compute()
+    try:
+        redis_store.client.set(full_key, orjson.dumps(value), ex=int(ttl_seconds))
+    except redis.RedisError as error:
+        log.warning("console cache not written: %s", error)
+    return value
+
+
+def compute_run_aggregates(run_id: str) -> dict:
+    """Customers, counts per value of each dimension, and the R x F grid (count and average spend)."""
+    with db.session() as session:
+        counts = {}
+        for dimension in COUNTED_DIMENSIONS:
+            column = getattr(CustomerScore, dimension)
+            rows = session.execute(
+                select(column, func.count()).where(CustomerScore.run_id == run_id).group_by(column)
+            ).all()
+            counts[dimension] = {str(value) if value is not None else "": int(count) for value, count in rows}
+        grid_rows = session.execute(
+            select(CustomerScore.r, CustomerScore.f, func.count(), func.avg(CustomerScore.monetary))
+            .where(CustomerScore.run_id == run_id)
+            .group_by(CustomerScore.r, CustomerScore.f)
+        ).all()
+    grid = [
+        {"r": int(r), "f": int(f), "customers": int(count), "avg_monetary": round(float(average or 0.0), 2)}
+        for r, f, count, average in grid_rows
+    ]
+    return {"run_id": run_id, "customers": sum(counts["tier"].values()), "counts": counts, "grid": grid}
+
+
+def run_aggregates(run_id: str, ttl_seconds: int) -> dict:
+    """A run's aggregates, from the cache when another page view computed them already."""
+    return cached(f"run:{run_id}", ttl_seconds, lambda: compute_run_aggregates(run_id))
+
+
+def transitions(dimension: str, from_run: str, to_run: str, ttl_seconds: int) -> dict:
+    """Moves between two runs along one dimension (segments.transitions), cached per pair of runs."""
+
+    def compute() -> dict:
+        with db.session() as session:
+            return segments.transitions(session, dimension, from_run, to_run)
+
+    return cached(f"transitions:{dimension}:{from_run}:{to_run}", ttl_seconds, compute)
+
+
+def paid_orders_last_days(days: int, ttl_seconds: int) -> int:
+    """Paid orders placed in the last `days` days (a live number, cached briefly)."""
+
+    def compute() -> int:
+        since = utcnow() - timedelta(days=days)
+        with db.session() as session:
+            return int(session.execute(
+                select(func.count()).where(Order.placed_at >= since, Order.status == "paid")
+            ).scalar_one())
+
+    return cached(f"paid-orders:{days}d", ttl_seconds, compute)
+
+
+def change(current: dict, previous: dict | None) -> dict:
+    """Per dimension and value: the count now and its change since the previous run (None without one)."""
+    result = {}
+    for dimension in COUNTED_DIMENSIONS:
+        now = current["counts"].get(dimension, {})
+        before = (previous or {}).get("counts", {}).get(dimension, {})
+        result[dimension] = {
+            value: (count - before.get(value, 0)) if previous else None for value, count in now.items()
+        }
+    result["customers"] = current["customers"] - previous["customers"] if previous else None
+    return result
