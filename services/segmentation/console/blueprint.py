@@ -5,11 +5,11 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from flask import Blueprint, redirect, render_template, request, send_from_directory, session, url_for
-from flask_babel import get_locale, gettext
+from flask_babel import gettext
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import Forbidden as HTTPForbidden
 
-from services.segmentation.console import LOCALES, PACKAGE_DIR, csrf
+from services.segmentation.console import LOCALES, PACKAGE_DIR, csrf, select_locale
 from services.segmentation.console import access
 from services.segmentation.console.labels import DIMENSION_LABELS, status_label, value_label
 from shared.auth import Unauthorized
@@ -58,7 +58,7 @@ def console_helpers() -> dict:
         "allows": access.allows,
         "principal": access.current_principal,
         "nav_pages": [endpoint for endpoint, scope in NAV if access.allows(scope)],
-        "locale": str(get_locale()),
+        "locale": select_locale(),
         "locales": LOCALES,
         "value_label": value_label,
         "status_label": status_label,
