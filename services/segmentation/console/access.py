@@ -31,7 +31,11 @@ def sign_in(raw_key: str) -> Principal:
     """Check a pasted key with the API's verifier and remember it in the session; Unauthorized if unknown."""
     verifier: KeyVerifier = current_app.extensions["segrec_keys"]
     principal = verifier.verify(f"Bearer {raw_key.strip()}")
+    language = session.get("lang")
+    # A fresh session on sign-in (no fixation); only the language choice carries over.
     session.clear()
+    if language:
+        session["lang"] = language
     session.permanent = True
     session["key_id"] = principal.key_id
     session["key_hash"] = hash_key(raw_key.strip())
@@ -39,8 +43,11 @@ def sign_in(raw_key: str) -> Principal:
 
 
 def sign_out() -> None:
-    """Forget the key (the language choice goes with it)."""
+    """Forget the key (the language choice stays)."""
+    language = session.get("lang")
     session.clear()
+    if language:
+        session["lang"] = language
 
 
 def current_principal() -> Principal | None:

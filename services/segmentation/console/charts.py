@@ -85,7 +85,7 @@ def interval_chart(names: list[str], points: list[float | None], intervals: list
     return {
         "tooltip": {"trigger": "axis"},
         "legend": {"data": [labels["point"], labels["interval"]], "bottom": 0},
-        "grid": {"left": 60, "right": 20, "top": 20, "bottom": 50},
+        "grid": {"left": 60, "right": 30, "top": 40, "bottom": 50},
         "xAxis": {"type": "category", "data": names},
         "yAxis": {"type": "value", "name": "%", "scale": True},
         "series": [
@@ -104,7 +104,7 @@ def stacked_steps(run_labels: list[str], steps: dict[str, list[float]], axis_nam
     return {
         "tooltip": {"trigger": "axis", "axisPointer": {"type": "shadow"}},
         "legend": {"type": "scroll", "bottom": 0},
-        "grid": {"left": 60, "right": 20, "top": 20, "bottom": 70},
+        "grid": {"left": 60, "right": 20, "top": 40, "bottom": 70},
         "xAxis": {"type": "category", "data": run_labels, "axisLabel": {"rotate": 20}},
         "yAxis": {"type": "value", "name": axis_name},
         "series": [{"type": "bar", "stack": "seconds", "name": name, "data": values}

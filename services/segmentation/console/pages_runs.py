@@ -48,7 +48,7 @@ def selection_table(selection) -> tuple[list[str], list[list]]:
 def run_charts(history: list) -> dict:
     """Stacked step seconds and quality lines, oldest run first."""
     ordered = list(reversed(history))
-    labels = [run.run_id[1:16] for run in ordered]
+    labels = [f"{run.run_id[1:9]}-{run.run_id[-4:]}" for run in ordered]
     step_names: list[str] = []
     for run in ordered:
         step_names += [step["name"] for step in run.steps or [] if step["name"] not in step_names]
