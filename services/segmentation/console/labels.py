@@ -45,7 +45,7 @@ STATUS_LABELS = {
 VERDICT_LABELS = {
     "significant_positive": lazy_gettext("Treatment converted better than control (significant at 95 %)."),
     "significant_negative": lazy_gettext("Treatment converted worse than control (significant at 95 %)."),
-    "not_significant": lazy_gettext("Not significant: the 95 % interval of the uplift includes zero."),
+    "not_significant": lazy_gettext("Not significant: the uplift's interval (95 %) includes zero."),
     "insufficient_data": lazy_gettext("Too little data to conclude anything yet."),
 }
 

@@ -75,13 +75,13 @@ def report_charts(report: dict) -> dict:
         points.append(totals["conversion_rate"])
         intervals.append(campaigns.wilson_interval(totals["converters"], totals["members"])
                          if totals["members"] else (None, None))
-    labels = {"point": gettext("Conversion"), "interval": gettext("95 % interval")}
+    labels = {"point": gettext("Conversion"), "interval": gettext("Interval (95 %)")}
     uplift = report["uplift"]
     return {
         "conversion": charts.interval_chart([label for _name, label in groups], points, intervals, labels),
         "uplift": charts.interval_chart([gettext("Uplift (treatment - control)")], [uplift["conversion_uplift"]],
                                         [(uplift["ci95_low"], uplift["ci95_high"])],
-                                        {"point": gettext("Uplift"), "interval": gettext("95 % interval")}),
+                                        {"point": gettext("Uplift"), "interval": gettext("Interval (95 %)")}),
     }
 
 
