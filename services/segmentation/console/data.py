@@ -31,12 +31,15 @@ def list_campaigns(session: Session, limit: int = CAMPAIGN_LIST_LIMIT) -> list[d
     ]
 
 
-def stored_runs(session: Session) -> list[str]:
-    """Published (or rolled-back) runs whose score rows are still kept, newest first."""
-    kept = select(CustomerScore.run_id).distinct().subquery()
-    return list(session.execute(
-        select(Run.run_id).where(Run.run_id.in_(select(kept.c.run_id))).order_by(Run.created_at.desc())
-    ).scalars())
+def stored_runs(session: Session, limit: int = 20) -> list[str]:
+    """Recent runs whose score rows are still kept (older ones are pruned), newest first."""
+    recent = session.execute(select(Run.run_id).order_by(Run.created_at.desc()).limit(limit)).scalars().all()
+    kept = []
+    for run_id in recent:
+        # One index probe per run (the score indexes lead with run_id), not a scan of every score row.
+        if session.execute(select(CustomerScore.customer_id).where(CustomerScore.run_id == run_id).limit(1)).first():
+            kept.append(run_id)
+    return kept
 
 
 def customer_orders(session: Session, customer_id: str, limit: int = ORDER_HISTORY_LIMIT) -> list[dict]:
