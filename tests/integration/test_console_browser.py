@@ -132,12 +132,17 @@ def sign_in(browser, live, key: str, language: str = "en") -> None:
     browser.get(f"{live['url']}/console/lang/{language}?next=/console/login")
     browser.find_element("id", "api_key").send_keys(key)
     browser.find_element("id", "sign-in").click()
-    assert "/console/login" not in browser.current_url
+    WebDriverWait(browser, 10).until(lambda driver: "/console/login" not in driver.current_url)
 
 
 def open_page(browser, url: str) -> None:
     browser.get(url)
     browser.execute_script("return document.readyState")
+
+
+def wait_for_heading(browser, text: str) -> None:
+    """Wait until the page's heading reads `text` (a click may return before the next page has loaded)."""
+    WebDriverWait(browser, 10).until(lambda driver: driver.find_element("tag name", "h1").text == text)
 
 
 def chart_state(browser, expected=()) -> dict:
@@ -174,12 +179,20 @@ def test_every_page_draws_its_charts_without_console_errors(browser, live):
             assert state[chart]["painted"] > 0, (name, chart, state)
         assert severe_messages(browser) == [], name
         browser.save_screenshot(str(live["folder"] / f"console-{name}.png"))
+        if name == "movements":
+            # The customers behind the biggest tier flow, as the table lists it.
+            first_flow = browser.find_element("css selector", "#flows-tier tbody tr")
+            expected = first_flow.find_elements("tag name", "td")[2].text
+            first_flow.find_element("tag name", "a").click()
+            WebDriverWait(browser, 10).until(lambda driver: "/console/movements/flow" in driver.current_url)
+            assert browser.find_element("id", "flow-members").find_elements("css selector", "tbody tr")
+            assert f"{expected} customers moved" in browser.page_source
 
 
 def test_pages_render_in_chinese_and_english(browser, live):
     sign_in(browser, live, live["admin_key"], language="zh_CN")
     open_page(browser, f"{live['url']}/console/overview")
-    assert browser.find_element("tag name", "h1").text == "总览"
+    wait_for_heading(browser, "总览")
     assert "会员等级分布" in browser.page_source
     assert chart_state(browser, ("grid",))["grid"]["painted"] > 0
     browser.save_screenshot(str(live["folder"] / "console-overview-zh.png"))
@@ -187,7 +200,7 @@ def test_pages_render_in_chinese_and_english(browser, live):
         DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(DOCS_SCREENSHOTS / "overview-zh.png"))
     browser.find_element("css selector", "#language-switch a[lang=en]").click()
-    assert browser.find_element("tag name", "h1").text == "Overview"
+    wait_for_heading(browser, "Overview")
     assert "Tier distribution" in browser.page_source
     assert severe_messages(browser) == []
 

@@ -92,3 +92,17 @@ def test_interval_chart_in_percent_with_boxes_from_low_to_high():
 def test_cart_lines_typed_one_per_line():
     assert parse_cart("TEA-1 2\n\nPHN-1\nCUP-1 x") == [
         {"sku": "TEA-1", "quantity": 2}, {"sku": "PHN-1", "quantity": 1}, {"sku": "CUP-1", "quantity": 1}]
+
+
+def test_audience_counted_from_the_cube_or_not_at_all():
+    from services.segmentation.console.aggregates import count_from_cube
+
+    cube = [["gold", "active", "Champions", None, 5, 5, 7], ["gold", "dormant", "Lost", "potential", 1, 2, 3],
+            ["silver", "dormant", "Lost", None, 1, 1, 11]]
+    assert count_from_cube(cube, {}) == 21
+    assert count_from_cube(cube, {"tier": ["gold"]}) == 10
+    assert count_from_cube(cube, {"tier": ["gold", "silver"], "lifecycle": ["dormant"]}) == 14
+    assert count_from_cube(cube, {"r": {"gte": 1, "lte": 1}, "f": {"gte": 2, "lte": 2}}) == 3
+    assert count_from_cube(cube, {"community_layer": ["potential"]}) == 3
+    assert count_from_cube(cube, {"expected_value_365d": {"gte": 10}}) is None
+    assert count_from_cube(cube, {"r": {"gt": 1}}) is None

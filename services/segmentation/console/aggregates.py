@@ -25,6 +25,9 @@ log = logging.getLogger("segrec.console.aggregates")
 
 COUNTED_DIMENSIONS = ("tier", "lifecycle", "community_layer", "rfm_segment")
 GRID_SIZE = 5
+# The audience cube: customers per combination of these fields, so any audience built from them is counted
+# by summing cells (at most 4 x 6 x 11 x 4 x 5 x 5 of them) instead of scanning the run.
+CUBE_FIELDS = ("tier", "lifecycle", "rfm_segment", "community_layer", "r", "f")
 
 
 def cached(key: str, ttl_seconds: int, compute):
@@ -65,6 +68,56 @@ def compute_run_aggregates(run_id: str) -> dict:
         for r, f, count, average in grid_rows
     ]
     return {"run_id": run_id, "customers": sum(counts["tier"].values()), "counts": counts, "grid": grid}
+
+
+def compute_audience_cube(run_id: str) -> list[list]:
+    """[tier, lifecycle, rfm_segment, community_layer, r, f, customers] for every combination present in a run."""
+    columns = [getattr(CustomerScore, name) for name in CUBE_FIELDS]
+    with db.session() as session:
+        rows = session.execute(
+            select(*columns, func.count()).where(CustomerScore.run_id == run_id).group_by(*columns)
+        ).all()
+    return [[*row[:-1], int(row[-1])] for row in rows]
+
+
+def audience_cube(run_id: str, ttl_seconds: int) -> list[list]:
+    """A run's audience cube, cached by run id."""
+    return cached(f"cube:{run_id}", ttl_seconds, lambda: compute_audience_cube(run_id))
+
+
+def count_from_cube(cube: list[list], filters: dict) -> int | None:
+    """An audience's size from the cube; None when it filters on a field the cube does not hold."""
+    if any(name not in CUBE_FIELDS for name in filters):
+        return None
+    tests = []
+    for name, wanted in filters.items():
+        position = CUBE_FIELDS.index(name)
+        if isinstance(wanted, dict):
+            low = max((wanted[op] for op in ("gte", "gt") if op in wanted), default=None)
+            high = min((wanted[op] for op in ("lte", "lt") if op in wanted), default=None)
+            if "gt" in wanted or "lt" in wanted:
+                return None
+            tests.append(lambda cell, p=position, lo=low, hi=high: (lo is None or cell[p] >= lo)
+                         and (hi is None or cell[p] <= hi))
+        else:
+            allowed = set(wanted)
+            tests.append(lambda cell, p=position, values=allowed: cell[p] in values)
+    return sum(cell[-1] for cell in cube if all(test(cell) for test in tests))
+
+
+def audience_size(run_id: str, filters: dict, ttl_seconds: int) -> int:
+    """How many customers of a run match an audience: from the cube, else counted once and cached."""
+    counted = count_from_cube(audience_cube(run_id, ttl_seconds), filters)
+    if counted is not None:
+        return counted
+    key = "count:" + run_id + ":" + orjson.dumps(filters, option=orjson.OPT_SORT_KEYS).decode()
+
+    def compute() -> int:
+        with db.session() as session:
+            members = segments.audience_statement(run_id, filters).subquery()
+            return int(session.execute(select(func.count()).select_from(members)).scalar_one())
+
+    return cached(key, ttl_seconds, compute)
 
 
 def run_aggregates(run_id: str, ttl_seconds: int) -> dict:

@@ -91,13 +91,12 @@ def flow_members(session: Session, dimension: str, runs: tuple[str, str], values
                  after: str | None, limit: int) -> dict:
     """One page of the customers who moved from values[0] in runs[0] to values[1] in runs[1]."""
     statement, new = _flow_statement(dimension, *runs, *values)
-    count = session.execute(select(func.count()).select_from(statement.subquery())).scalar_one()
     if after:
         statement = statement.where(new.customer_id > after)
     rows = session.execute(statement.order_by(new.customer_id).limit(limit + 1)).all()
     items = [dict(zip(FLOW_COLUMNS, row)) for row in rows[:limit]]
     next_after = items[-1]["customer_id"] if len(rows) > limit else None
-    return {"count": int(count), "items": items, "next_after": next_after}
+    return {"items": items, "next_after": next_after}
 
 
 def stream_flow_csv(session: Session, dimension: str, runs: tuple[str, str], values: tuple[str, str],
@@ -123,8 +122,12 @@ def stream_audience_csv(session: Session, filters: dict, batch_rows: int = 5000)
     return stream_rows_as_csv(session, result, segments.MEMBER_COLUMNS, "console audience", batch_rows, logger=log)
 
 
-def audience_count(session: Session, filters: dict) -> int:
-    """How many customers of the current run match an audience."""
-    run_id = segments.require_current_run(session)
-    members = segments.audience_statement(run_id, filters).subquery()
-    return int(session.execute(select(func.count()).select_from(members)).scalar_one())
+def audience_page(session: Session, run_id: str, filters: dict, after: str | None, limit: int) -> dict:
+    """One page of an audience's members in customer id order (the count comes from the aggregates)."""
+    # The audience's own WHERE clause with whole rows selected: keyset order lets the database stop early.
+    statement = segments.audience_statement(run_id, filters).with_only_columns(CustomerScore)
+    if after:
+        statement = statement.where(CustomerScore.customer_id > after)
+    rows = session.execute(statement.order_by(CustomerScore.customer_id).limit(limit + 1)).scalars().all()
+    items = [segments.score_to_dict(row) for row in rows[:limit]]
+    return {"items": items, "next_after": items[-1]["customer_id"] if len(rows) > limit else None}

@@ -58,7 +58,8 @@ def run_charts(history: list) -> dict:
         for name in step_names
     }
     lines = {label: [evaluation_of(run).get(key) for run in ordered] for key, label in QUALITY_LINES}
-    return {"steps": charts.stacked_steps(labels, steps, gettext("seconds")), "quality": charts.metric_lines(labels, lines)}
+    return {"steps": charts.stacked_steps(labels, steps, gettext("seconds")),
+            "quality": charts.metric_lines(labels, lines)}
 
 
 @bp.get("/runs", endpoint="runs")

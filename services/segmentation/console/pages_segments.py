@@ -127,6 +127,9 @@ def flow():
     with db.session() as session:
         page = data.flow_members(session, dimension, flow_runs, values, request.args.get("after"),
                                  int(current_app.config["CONSOLE_PAGE_SIZE"]))
+    moves = aggregates.transitions(dimension, *flow_runs, _ttl())["transitions"]
+    page["count"] = next((move["customers"] for move in moves
+                          if (move["from"], move["to"]) == values), 0)
     return render_template("console/flow.html", dimension=dimension, flow_runs=flow_runs, values=values, page=page)
 
 
@@ -153,9 +156,13 @@ def explorer():
     filters = audience_filters(request.args)
     result = None
     if request.args.get("go") or filters:
+        run_id = request.args.get("run") or runs.current_run_id()
+        if run_id is None:
+            return render_template("console/no_run.html")
         with db.session() as session:
-            result = segments.query_audience(session, filters, int(current_app.config["CONSOLE_PAGE_SIZE"]),
-                                             request.args.get("cursor") or None)
+            result = data.audience_page(session, run_id, filters, request.args.get("after") or None,
+                                        int(current_app.config["CONSOLE_PAGE_SIZE"]))
+        result.update(run_id=run_id, count=aggregates.audience_size(run_id, filters, _ttl()))
     query = audience_query_string(request.args)
     return render_template("console/explorer.html", result=result, query=query, filters=filters,
                            dimensions=AUDIENCE_DIMENSIONS, choices={d: segments.DIMENSIONS[d][1]
@@ -180,9 +187,10 @@ def explorer_csv():
 @console_page("segments:read")
 def audience_count():
     """The live count of an audience (the campaign form asks while it is filled in)."""
-    with db.session() as session:
-        count = data.audience_count(session, audience_filters(request.args))
-    return jsonify({"count": count})
+    run_id = runs.current_run_id()
+    if run_id is None:
+        return jsonify({"count": 0})
+    return jsonify({"count": aggregates.audience_size(run_id, audience_filters(request.args), _ttl())})
 
 
 @bp.get("/customer")
