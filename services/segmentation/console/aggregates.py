@@ -10,10 +10,12 @@ cached for a minute.
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import timedelta
 
 import orjson
 import redis
+from cachetools import LRUCache
 from sqlalchemy import func, select
 
 from services.segmentation import segments
@@ -28,6 +30,11 @@ GRID_SIZE = 5
 # The audience cube: customers per combination of these fields, so any audience built from them is counted
 # by summing cells (at most 4 x 6 x 11 x 4 x 5 x 5 of them) instead of scanning the run.
 CUBE_FIELDS = ("tier", "lifecycle", "rfm_segment", "community_layer", "r", "f")
+# A run's numbers never change, so each process also keeps the parsed cubes and the audience sizes it has
+# worked out (a cube of a 1M-customer run is about 1 MB of JSON: parsing and summing it per request is not free).
+_cubes: LRUCache = LRUCache(maxsize=4)
+_sizes: LRUCache = LRUCache(maxsize=20_000)
+_local_lock = threading.Lock()
 
 
 def cached(key: str, ttl_seconds: int, compute):
@@ -81,8 +88,14 @@ def compute_audience_cube(run_id: str) -> list[list]:
 
 
 def audience_cube(run_id: str, ttl_seconds: int) -> list[list]:
-    """A run's audience cube, cached by run id."""
-    return cached(f"cube:{run_id}", ttl_seconds, lambda: compute_audience_cube(run_id))
+    """A run's audience cube, cached by run id in Redis and in this process."""
+    with _local_lock:
+        cube = _cubes.get(run_id)
+    if cube is None:
+        cube = cached(f"cube:{run_id}", ttl_seconds, lambda: compute_audience_cube(run_id))
+        with _local_lock:
+            _cubes[run_id] = cube
+    return cube
 
 
 def count_from_cube(cube: list[list], filters: dict) -> int | None:
@@ -107,17 +120,32 @@ def count_from_cube(cube: list[list], filters: dict) -> int | None:
 
 def audience_size(run_id: str, filters: dict, ttl_seconds: int) -> int:
     """How many customers of a run match an audience: from the cube, else counted once and cached."""
-    counted = count_from_cube(audience_cube(run_id, ttl_seconds), filters)
-    if counted is not None:
-        return counted
     key = "count:" + run_id + ":" + orjson.dumps(filters, option=orjson.OPT_SORT_KEYS).decode()
+    with _local_lock:
+        known = _sizes.get(key)
+    if known is not None:
+        return known
+    counted = count_from_cube(audience_cube(run_id, ttl_seconds), filters)
+    if counted is None:
+        counted = cached(key, ttl_seconds, lambda: _count_audience(run_id, filters))
+    with _local_lock:
+        _sizes[key] = counted
+    return counted
 
-    def compute() -> int:
-        with db.session() as session:
-            members = segments.audience_statement(run_id, filters).subquery()
-            return int(session.execute(select(func.count()).select_from(members)).scalar_one())
 
-    return cached(key, ttl_seconds, compute)
+def _count_audience(run_id: str, filters: dict) -> int:
+    with db.session() as session:
+        members = segments.audience_statement(run_id, filters).subquery()
+        return int(session.execute(select(func.count()).select_from(members)).scalar_one())
+
+
+def precompute(run_id: str, previous_run_id: str | None, ttl_seconds: int) -> None:
+    """Compute and cache a run's console aggregates now (a publish step can call this after the flip)."""
+    run_aggregates(run_id, ttl_seconds)
+    audience_cube(run_id, ttl_seconds)
+    if previous_run_id and previous_run_id != run_id:
+        for dimension in ("tier", "lifecycle"):
+            transitions(dimension, previous_run_id, run_id, ttl_seconds)
 
 
 def run_aggregates(run_id: str, ttl_seconds: int) -> dict:
