@@ -169,6 +169,9 @@ def post_form(browser, form_id: str | None, url: str, fields: dict | None = None
 
 def test_every_page_draws_its_charts_without_console_errors(browser, live):
     sign_in(browser, live, live["admin_key"])
+    cookie = browser.get_cookie("segrec_console")
+    assert (cookie["httpOnly"], cookie["sameSite"], cookie["secure"]) == (True, "Lax", False)
+    assert live["admin_key"] not in str(cookie)
     severe_messages(browser)
     for name, (path, expected_charts) in PAGES.items():
         open_page(browser, live["url"] + path)
