@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint install unit integration bench clean
+.PHONY: run test lint install unit integration bench translations clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ integration: install
 ## bench: the benchmarks under tests/perf (long; not part of `make test`).
 bench: install
 	for script in tests/perf/bench_*.py; do $(BIN)/python -m tests.perf.$$(basename $$script .py) || exit 1; done
+
+## translations: re-extract the console's strings into its catalogues and compile them (the .mo files are committed).
+CONSOLE := services/segmentation/console
+translations: install
+	$(BIN)/pybabel extract -F $(CONSOLE)/babel.cfg -k lazy_gettext -o $(CONSOLE)/messages.pot $(CONSOLE)
+	$(BIN)/pybabel update -i $(CONSOLE)/messages.pot -d $(CONSOLE)/translations --width 120
+	$(BIN)/pybabel compile -d $(CONSOLE)/translations
+	rm $(CONSOLE)/messages.pot
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

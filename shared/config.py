@@ -74,6 +74,16 @@ DEFAULTS: dict[str, object] = {
     "WEBHOOK_TIMEOUT_SECONDS": 10.0,
     "WEBHOOK_MAX_ATTEMPTS": 6,
     "WEBHOOK_RETRY_BACKOFF_SECONDS": 10.0,
+    # The console (/console). Its session cookie is signed with SECRET_KEY; when unset, a random key is
+    # generated once into VAR_DIR/console-secret-key (shared by the workers of one machine).
+    "SECRET_KEY": "",
+    "CONSOLE_SESSION_HOURS": 12,
+    # "auto": the cookie is Secure when the request came over https; "true"/"false" force it.
+    "CONSOLE_COOKIE_SECURE": "auto",
+    "CONSOLE_PAGE_SIZE": 50,
+    # Per-run aggregates (R x F grid, counts, transitions) are cached in Redis this long after first use.
+    "CONSOLE_AGGREGATE_TTL_SECONDS": 30 * 86_400,
+    "CONSOLE_LIVE_COUNT_TTL_SECONDS": 60,
 }
 
 

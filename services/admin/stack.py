@@ -130,6 +130,7 @@ def _print_welcome(keys: dict[str, str], segmentation_port: int, recommend_port:
         f"  curl -s -H 'Authorization: Bearer {keys['demo-storefront']}' -H 'Content-Type: application/json' "
         f"-d '{{\"items\":[{{\"sku\":\"{examples['tea']}\",\"quantity\":2}}]}}' {rec}/v1/cart/recommendations",
         f"  open {seg}/docs and {rec}/docs",
+        f"Console (看板): {seg}/console  (sign in with a demo key above; demo-admin sees every page)",
         "",
         "Ctrl-C stops everything.",
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from services.pipeline.celery_app import celery_init_app
+from services.segmentation.console import register_console
 from shared.metrics import register_run_metrics
 from shared.web import (
     create_api,
@@ -46,6 +47,7 @@ def create_app(config: dict | None = None) -> Flask:
     api = create_api(app, "segmentation")
     register_blueprints(api)
     register_probes(app, SERVICE, published_run_exists)
+    register_console(app)
     register_run_metrics(app)
     register_request_metrics(app, SERVICE)
     register_errors(app)

@@ -32,6 +32,7 @@ from services.segmentation.campaigns.build import (
     personal_recommendations,
 )
 from services.segmentation.campaigns.create import (
+    DEFAULT_AUDIENCE,
     CreateOutcome,
     MissingIdempotencyKey,
     create_win_back,
