@@ -113,7 +113,7 @@ class OrderLine(Base):
 
     No foreign key to orders: its check costs one index probe and row lock per line, which made a
     CSV import of a million lines three to four times slower. Lines are only ever written in the
-    transaction that inserts their order (shared.ingest, shared.importer, shared.demo), and code
+    transaction that inserts their order (shared.ingest's order writer, used by REST, the CSV import and shared.demo), and code
     that deletes an order must delete its lines in the same transaction.
     """
 
