@@ -120,7 +120,7 @@ def keys_list() -> None:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def import_command(kind: str, path: Path, chunk_rows: int, rejects: Path | None, progress: bool) -> None:
     """Import a CSV history file (columns in the README); importing a file twice changes nothing."""
-    from shared.importer import import_csv
+    from shared.ingest import import_csv
 
     config = _settings()
     summary = import_csv(kind, path, db, chunk_rows=chunk_rows, rejects_path=rejects, progress=progress,
