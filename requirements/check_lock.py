@@ -1,0 +1,44 @@
+"""Fail loudly when pyproject.toml asks for something the installed lock does not provide.
+
+`make install` installs requirements/lock.txt, then segrec itself without dependencies; this check then
+reads segrec's declared requirements (with the extras `make` uses) and verifies each one is installed in
+a version that satisfies it. A dependency added to pyproject.toml without `make lock` fails here.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import metadata
+
+from packaging.requirements import Requirement
+
+EXTRAS = sys.argv[1:] or ["dev", "local"]
+
+
+def unmet_requirements(extras: list[str]) -> list[str]:
+    """Declared requirements of segrec (base plus `extras`) that the environment does not satisfy."""
+    unmet = []
+    for line in metadata.requires("segrec") or []:
+        requirement = Requirement(line)
+        wanted = [{"extra": extra} for extra in ["", *extras]]
+        if requirement.marker and not any(requirement.marker.evaluate(env) for env in wanted):
+            continue
+        try:
+            installed = metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            unmet.append(f"{requirement} (not installed)")
+            continue
+        if not requirement.specifier.contains(installed, prereleases=True):
+            unmet.append(f"{requirement} (installed {installed})")
+    return unmet
+
+
+if __name__ == "__main__":
+    problems = unmet_requirements(EXTRAS)
+    if problems:
+        print("pyproject.toml and requirements/lock.txt disagree; run `make lock` and commit the result:",
+              file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        sys.exit(1)
+    print(f"lock satisfies pyproject.toml (extras: {', '.join(EXTRAS)})")
