@@ -154,7 +154,7 @@ def wait_for_processes(processes: list[subprocess.Popen], poll_seconds: float = 
     def request_stop(_signum, _frame):
         stop["now"] = True
 
-    signal.signal(signal.SIGTERM, request_stop)
+    previous_handler = signal.signal(signal.SIGTERM, request_stop)
     try:
         while not stop["now"]:
             for process in processes:
@@ -165,6 +165,8 @@ def wait_for_processes(processes: list[subprocess.Popen], poll_seconds: float = 
             time.sleep(poll_seconds)
     except KeyboardInterrupt:
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     return 0
 
 
