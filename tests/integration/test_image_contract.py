@@ -87,9 +87,9 @@ def wait_until_answering(url: str, process: subprocess.Popen, timeout: float = 1
         if process.poll() is not None:
             raise AssertionError(f"gunicorn exited with {process.returncode}: {process.stdout.read()[-4000:]}")
         try:
-            requests.get(url, timeout=1)
+            requests.get(url, timeout=10)
             return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # still booting (workers import the app)
             time.sleep(0.5)
     raise AssertionError(f"{url} did not answer within {timeout} s")
 
