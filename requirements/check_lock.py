@@ -15,26 +15,33 @@ from packaging.requirements import Requirement
 EXTRAS = sys.argv[1:] or ["dev", "local"]
 
 
-def unmet_requirements(extras: list[str]) -> list[str]:
-    """Declared requirements of segrec (base plus `extras`) that the environment does not satisfy."""
+def unmet_requirements(declared: list[str], extras: list[str], installed_version) -> list[str]:
+    """Requirements among `declared` (base plus `extras`) that `installed_version(name)` does not satisfy;
+    `installed_version` returns None for a package that is not installed."""
     unmet = []
-    for line in metadata.requires("segrec") or []:
+    for line in declared:
         requirement = Requirement(line)
         wanted = [{"extra": extra} for extra in ["", *extras]]
         if requirement.marker and not any(requirement.marker.evaluate(env) for env in wanted):
             continue
-        try:
-            installed = metadata.version(requirement.name)
-        except metadata.PackageNotFoundError:
+        installed = installed_version(requirement.name)
+        if installed is None:
             unmet.append(f"{requirement} (not installed)")
-            continue
-        if not requirement.specifier.contains(installed, prereleases=True):
+        elif not requirement.specifier.contains(installed, prereleases=True):
             unmet.append(f"{requirement} (installed {installed})")
     return unmet
 
 
+def installed_version(name: str) -> str | None:
+    """The installed version of a distribution, or None."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 if __name__ == "__main__":
-    problems = unmet_requirements(EXTRAS)
+    problems = unmet_requirements(metadata.requires("segrec") or [], EXTRAS, installed_version)
     if problems:
         print("pyproject.toml and requirements/lock.txt disagree; run `make lock` and commit the result:",
               file=sys.stderr)
