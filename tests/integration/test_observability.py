@@ -101,3 +101,15 @@ def test_request_id_is_kept_or_generated_and_returned(recommend_app, database_ur
     assert refused.json["error"]["request_id"] == refused.headers["X-Request-ID"]
     if kept:
         assert refused.json["error"]["request_id"] == offered
+
+
+def test_queue_length_is_read_from_the_broker_at_scrape_time(segmentation_app, redis_url, redis_prefix):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    queue = segmentation_app.config["CELERY_QUEUE"]
+    # kombu's Redis transport: the default priority's list, and one of the other priority levels.
+    client.lpush(f"{redis_prefix}:celery:{queue}", "task-1", "task-2")
+    client.lpush(f"{redis_prefix}:celery:{queue}\x06\x163", "task-3")
+    metrics = segmentation_app.test_client().get("/metrics").get_data(as_text=True)
+    assert f'segrec_celery_queue_length{{queue="{queue}"}} 3.0' in metrics
