@@ -14,6 +14,7 @@ from shared.web import (
     register_errors,
     register_extensions,
     register_probes,
+    register_request_id,
     register_request_metrics,
 )
 
@@ -41,6 +42,7 @@ def create_app(config: dict | None = None) -> Flask:
     """Build the segmentation app; `config` overrides environment and defaults (tests pass a dict)."""
     app = Flask(__name__)
     register_config(app, config)
+    register_request_id(app)
     register_extensions(app)
     celery_init_app(app)
     register_auth(app)

@@ -268,9 +268,13 @@ def test_import_command_prints_the_summary(database_url, tmp_path):
     path = orders_file(tmp_path, [line("o1"), line("o2", quantity="-1")])
     runner = CliRunner()
     result = runner.invoke(segrec, ["import", "orders", str(path), "--no-progress"], env={"DATABASE_URL": database_url})
-    assert result.exit_code == 0, result.output
+    # A rejected row makes the exit status 1 (the good row is stored all the same) ...
+    assert result.exit_code == 1, result.output
     assert "1 accepted, 1 rejected" in result.output and "rejects.csv" in result.output
-    again = runner.invoke(segrec, ["import", "orders", str(path), "--no-progress"], env={"DATABASE_URL": database_url})
+    # ... unless the operator accepts rejects.
+    again = runner.invoke(segrec, ["import", "orders", str(path), "--no-progress", "--allow-rejects"],
+                          env={"DATABASE_URL": database_url})
+    assert again.exit_code == 0, again.output
     assert "0 created" in again.output and "1 unchanged" in again.output
 
 

@@ -16,10 +16,18 @@ from services.recommend.schemas import (
 )
 from services.recommend.serving import Recommender, Request
 from services.recommend.store import reader
-from shared.web import json_response, require_scope
+from shared.web import FALLBACKS, RECOMMENDATIONS, json_response, require_scope
 
 blp = Blueprint("recommendations", __name__, url_prefix="/v1", description="Recommendations for the storefront")
 recommender = Recommender(reader)
+
+
+def answered(kind: str, answer: dict):
+    """Count the answer (and the fallback it used, if any) for the fallback rate, then send it."""
+    RECOMMENDATIONS.labels(kind).inc()
+    if answer.get("fallback"):
+        FALLBACKS.labels(answer["fallback"]).inc()
+    return json_response(answer)
 
 
 def _request(args: dict) -> Request:
@@ -33,7 +41,7 @@ class BoughtTogether(MethodView):
     @blp.response(200, RecommendationSchema)
     def get(self, args, sku):
         """Items bought with this one (an unknown sku gets popular items, with `fallback` set)"""
-        return json_response(recommender.bought_together(sku, _request(args)))
+        return answered("bought_together", recommender.bought_together(sku, _request(args)))
 
 
 @blp.route("/items/<sku>/bundles")
@@ -43,7 +51,7 @@ class Bundles(MethodView):
     @blp.response(200, BundlesSchema)
     def get(self, args, sku):
         """2-3 item bundles with this one: list price, bundle price and margin after the discount"""
-        return json_response(recommender.bundles(sku, args["limit"]))
+        return answered("bundles", recommender.bundles(sku, args["limit"]))
 
 
 @blp.route("/cart/recommendations")
@@ -53,7 +61,7 @@ class CartRecommendations(MethodView):
     @blp.response(200, CartRecommendationSchema)
     def post(self, cart):
         """Cross-sell for a cart, and add-ons that reach the best threshold promotion not yet reached"""
-        return json_response(recommender.cart(cart["customer_id"], cart["items"], _request(cart)))
+        return answered("cart", recommender.cart(cart["customer_id"], cart["items"], _request(cart)))
 
 
 @blp.route("/customers/<customer_id>/recommendations")
@@ -63,7 +71,7 @@ class ForYou(MethodView):
     @blp.response(200, RecommendationSchema)
     def get(self, args, customer_id):
         """A personal list; falls back to the customer's tier, then to what is trending"""
-        return json_response(recommender.for_you(customer_id, _request(args)))
+        return answered("for_you", recommender.for_you(customer_id, _request(args)))
 
 
 @blp.route("/popular")
@@ -73,4 +81,4 @@ class Popular(MethodView):
     @blp.response(200, RecommendationSchema)
     def get(self, args):
         """Popular items, optionally within a category or a membership tier"""
-        return json_response(recommender.popular(_request(args), args["tier"]))
+        return answered("popular", recommender.popular(_request(args), args["tier"]))
