@@ -198,7 +198,7 @@ def step_train_recommendations(run_id: str, config: dict) -> dict:
         metrics = train_and_stage(run_id, run.as_of, config)
         info["rows"] = metrics.get("order_lines")
         info["detail"] = {key: value for key, value in metrics.items() if not isinstance(value, dict)}
-    merge_run_metrics(run_id, {"recommendations": metrics})
+    merge_run_metrics(run_id, {"recommendations": metrics, "model_selection": metrics.pop("model_selection", None)})
     return metrics
 
 
@@ -295,6 +295,9 @@ def publish_gate_reason(current: dict, candidate: dict, tolerance: float) -> str
         return f"scored {new_customers} customers, fewer than half of the current run's {old_customers}"
     new_hit_rate = candidate.get("recommendations", {}).get("evaluation", {}).get("hr_at_10")
     old_hit_rate = current.get("recommendations", {}).get("evaluation", {}).get("hr_at_10")
+    # The current run's model measured on the new run's own test cases, when training could.
+    old_hit_rate = candidate.get("recommendations", {}).get("evaluation", {}).get("current_model_hr_at_10",
+                                                                                  old_hit_rate)
     if new_hit_rate is not None and old_hit_rate is not None and new_hit_rate < old_hit_rate - tolerance:
         return (f"cart HR@10 {new_hit_rate:.4f} is worse than the current run's {old_hit_rate:.4f} "
                 f"beyond the tolerance {tolerance}")

@@ -44,6 +44,13 @@ class InvalidCustomerMatrixError(ValueError):
     """Raised when the customer x item matrix or a customer index is invalid."""
 
 
+class GivenNeighbours:
+    """Item neighbour scores handed to ForYouModel.fit (the shape of CoPurchaseModel it reads)."""
+
+    def __init__(self, scores) -> None:
+        self.scores_ = scores
+
+
 class ForYouModel(BaseEstimator):
     """Personal ranking: buy-again share + co-purchase neighbourhood + popularity prior."""
 
@@ -71,8 +78,12 @@ class ForYouModel(BaseEstimator):
         self.chunk_size = chunk_size
         self.random_state = random_state
 
-    def fit(self, customer_item_matrix):
-        """Learn purchase shares, the item neighbourhood (or SVD factors) and popularity."""
+    def fit(self, customer_item_matrix, neighbour_scores=None):
+        """Learn purchase shares, the item neighbourhood (or SVD factors) and popularity.
+
+        ``neighbour_scores``: an items x items sparse matrix of neighbour scores (the shop's chosen
+        cart model's lists) used as the neighbourhood instead of fitting one on customers.
+        """
         if not sp.issparse(customer_item_matrix):
             raise InvalidCustomerMatrixError("customer_item_matrix must be a scipy.sparse matrix")
         if self.method not in ("neighbors", "svd"):
@@ -89,7 +100,11 @@ class ForYouModel(BaseEstimator):
         bought.data[:] = 1.0
         self.bought_ = bought
         self.popularity_ = np.asarray(bought.sum(axis=0)).ravel() / max(self.n_customers_, 1)
-        if self.method == "neighbors":
+        if self.method == "neighbors" and neighbour_scores is not None:
+            if neighbour_scores.shape != (self.n_items_, self.n_items_):
+                raise InvalidCustomerMatrixError("neighbour_scores must be an items x items matrix")
+            self.neighbors_ = GivenNeighbours(sp.csr_matrix(neighbour_scores, dtype=np.float64))
+        elif self.method == "neighbors":
             self.neighbors_ = CoPurchaseModel(
                 n_neighbors=self.n_neighbors,
                 significance=self.significance,
