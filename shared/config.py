@@ -40,7 +40,7 @@ DEFAULTS: dict[str, object] = {
     "SELECTION_MIN_CASES": 200,
     # Comma-separated grids; empty: the defaults of SelectionSettings.
     "SELECTION_BETAS": "",
-    "SELECTION_EASE_L2": "",
+    "SELECTION_EASE_L2_RATIOS": "",
     # HTTP.
     "MAX_BATCH_RECORDS": 5000,
     "MAX_CONTENT_LENGTH": 10 * 1024 * 1024,

@@ -313,16 +313,18 @@ class EASECandidate(NeighbourCandidate):
 
     B = I - P / diag(P) with P = (X'X + l2 I)^-1, the closed-form ridge regression of each item on
     all others with a zero diagonal; a cart's score for j is the sum of B[i, j] over its items.
+    l2 = l2_ratio x the mean order count of the covered items, so one grid fits shops of any size
+    (the learned ``l2_`` is the absolute value).
     The inverse is a float32 Cholesky (LAPACK potrf/potri): max_items = 4,000 costs 64 MB per
     matrix and a few seconds; time, not memory, bounds it (10,000 items: ~40 s per fit on 2 cores).
     """
 
     name = "ease"
-    reported_params = ("beta", "l2")
+    reported_params = ("beta", "l2_ratio")
 
-    def __init__(self, l2=100.0, beta=0.0, max_items=4000, n_neighbours=50, n_popular=200, max_cart_items=20,
+    def __init__(self, l2_ratio=0.3, beta=0.0, max_items=4000, n_neighbours=50, n_popular=200, max_cart_items=20,
                  popularity_half_life_days=60.0, num_threads=0):
-        self.l2 = l2
+        self.l2_ratio = l2_ratio
         self.beta = beta
         self.max_items = max_items
         self.n_neighbours = n_neighbours
@@ -337,7 +339,8 @@ class EASECandidate(NeighbourCandidate):
         covered = sold[np.lexsort((sold, -counts[sold]))[: self.max_items]]
         covered.sort()
         self.ease_items_ = covered
-        weights = ease_weights(matrix[:, covered], self.l2)
+        self.l2_ = float(self.l2_ratio * counts[covered].mean())
+        weights = ease_weights(matrix[:, covered], self.l2_)
         block = prune_rows(sp.csr_matrix(weights), self.n_neighbours).tocoo()
         ease = sp.csr_matrix((block.data, (covered[block.row], covered[block.col])), shape=(matrix.shape[1],) * 2)
         if covered.size == sold.size:

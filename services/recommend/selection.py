@@ -47,7 +47,9 @@ class SelectionSettings:
     validation_fraction: float = 0.2
     seed: int = 42
     betas: tuple = (0.0, 0.1, 0.3, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
-    ease_l2: tuple = (30.0, 300.0, 3000.0)
+    ease_l2_ratios: tuple = (0.03, 0.3, 3.0)
+    # A candidate must beat today's model by more than this many standard errors of HR@10 to replace it.
+    default_margin_se: float = 1.0
     ease_max_items: int = 4000
     n_neighbours: int = 50
     n_popular: int = 200
@@ -63,8 +65,8 @@ class SelectionSettings:
         }
         if config.get("SELECTION_BETAS"):
             values["betas"] = _floats(config["SELECTION_BETAS"])
-        if config.get("SELECTION_EASE_L2"):
-            values["ease_l2"] = _floats(config["SELECTION_EASE_L2"])
+        if config.get("SELECTION_EASE_L2_RATIOS"):
+            values["ease_l2_ratios"] = _floats(config["SELECTION_EASE_L2_RATIOS"])
         values.update(overrides)
         return cls(**values)
 
@@ -84,7 +86,8 @@ def candidate_structures(settings: SelectionSettings) -> list:
         ImplicitKNNCandidate(weighting="cosine", **common),
         ImplicitKNNCandidate(weighting="bm25", **common),
     ]
-    structures += [EASECandidate(l2=l2, max_items=settings.ease_max_items, **common) for l2 in settings.ease_l2]
+    structures += [EASECandidate(l2_ratio=ratio, max_items=settings.ease_max_items, **common)
+                   for ratio in settings.ease_l2_ratios]
     return structures
 
 
@@ -205,8 +208,8 @@ def select_model(baskets, basket_times, settings: SelectionSettings | None = Non
             if best is None or (hit_rate, ndcg) > (best[1], best[2]):
                 best = (candidate, hit_rate, ndcg, row)
     default_row = report["candidates"][0]
-    margin = float(np.sqrt(best[1] * (1.0 - best[1]) / len(cases)))
-    if best[3] is not default_row and best[1] - default_row["hr_at_10"] <= margin:
+    margin = settings.default_margin_se * float(np.sqrt(best[1] * (1.0 - best[1]) / len(cases)))
+    if best[3] is not default_row and round(best[1], 4) - default_row["hr_at_10"] <= margin:
         # Within one standard error of today's model: not worth a change of model on noise.
         report["chosen"] = default_row
         report["reason"] = (f"kept the default model: the best candidate ({best[3]['name']} {best[3]['params']}, "
