@@ -171,5 +171,12 @@ def test_runs_endpoints(client, ops, make_key, shop):
     assert [step["name"] for step in detail["steps"]] == [
         "snapshot", "fit_customer_models", "score_customers", "train_recommendations", "publish"]
     assert detail["metrics"]["recommendations"]["evaluation"]["hr_at_10"] >= 0
+    # A shop this small keeps the default cart model, and the run says why.
+    selection = detail["metrics"]["model_selection"]
+    assert selection["chosen"] == {"name": "co_purchase", "params": {"beta": None}, "hr_at_10": None,
+                                   "ndcg_at_10": None}
+    assert selection["candidates"] == []
+    assert selection["reason"] == (f"kept the default model: {selection['cases']} validation cases, "
+                                   "fewer than the 200 a comparison needs")
     assert all(step["started_at"] and step["finished_at"] for step in detail["steps"])
     assert client.post("/v1/runs", headers=ops).status_code == 403
