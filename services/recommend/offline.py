@@ -25,6 +25,7 @@ MAX_EVALUATION_CASES = 5000
 # fpgrowth's itemsets grow fast with the catalogue: rules are mined on at most this many baskets.
 RULES_MAX_BASKETS = 50_000
 RULES_MIN_SUPPORT = 0.001
+RULES_MIN_ORDERS = 5
 # fpgrowth takes a dense frame; beyond this many cells rules are skipped (and the table says so).
 RULES_MAX_CELLS = 100_000_000
 
@@ -92,7 +93,8 @@ def rules_recommend_fn(train, max_baskets: int = RULES_MAX_BASKETS, min_support:
     if train.shape[0] * train.shape[1] > RULES_MAX_CELLS:
         return None, f"skipped: {train.shape[0]:,} orders x {train.shape[1]:,} skus is too large for fpgrowth here"
     frame = pd.DataFrame(sp.csr_matrix(train).toarray().astype(bool))
-    itemsets = fpgrowth(frame, min_support=min_support, max_len=2)
+    # An itemset needs 5 orders at least: on small files with big baskets a lower support explodes.
+    itemsets = fpgrowth(frame, min_support=max(min_support, RULES_MIN_ORDERS / train.shape[0]), max_len=2)
     best = {}
     if len(itemsets):
         rules = association_rules(itemsets, metric="confidence", min_threshold=0.0)
