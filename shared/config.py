@@ -34,6 +34,8 @@ DEFAULTS: dict[str, object] = {
     "PUBLISH_TOLERANCE": 0.02,
     # Per-shop choice of the cart model at every retrain (services/recommend/selection.py).
     # EASE inverts an items x items matrix: 4,000 items take a few seconds (time bounds it, not memory).
+    # Off: every shop keeps the default co-purchase model (no candidates are fitted).
+    "MODEL_SELECTION": True,
     "EASE_MAX_ITEMS": 4000,
     "SELECTION_MAX_CASES": 20_000,
     # Fewer validation cases than this: the shop keeps the default model, and the run says so.

@@ -42,6 +42,7 @@ K = 10
 class SelectionSettings:
     """What selection compares and on how many cases."""
 
+    enabled: bool = True
     max_cases: int = 20_000
     min_cases: int = 200
     validation_fraction: float = 0.2
@@ -59,6 +60,7 @@ class SelectionSettings:
     def from_config(cls, config: dict, **overrides) -> SelectionSettings:
         """Settings from the service configuration (SELECTION_*, EASE_MAX_ITEMS)."""
         values = {
+            "enabled": bool(config.get("MODEL_SELECTION", cls.enabled)),
             "max_cases": int(config.get("SELECTION_MAX_CASES", cls.max_cases)),
             "min_cases": int(config.get("SELECTION_MIN_CASES", cls.min_cases)),
             "ease_max_items": int(config.get("EASE_MAX_ITEMS", cls.ease_max_items)),
@@ -167,13 +169,24 @@ class CandidateTable:
         return float(hit.mean()), float(gain.mean())
 
 
+# Cases scored at once: a batch's candidate table holds about (20 anchors x 50 neighbours + 200
+# popular) entries per case, so 2,000 cases stay near 100 MB whatever the catalogue size.
+CASES_PER_BATCH = 2000
+
+
 def evaluate_fitted(model, cases, weights=None) -> list[tuple[float, float, float]]:
     """[(beta, HR@10, NDCG@10)] of a fitted candidate on cases, for each blend weight (default: its own)."""
-    carts, hidden = cases_as_matrix(cases, model.n_items_)
-    table = CandidateTable(model, carts, hidden)
     if weights is None:
         weights = [model.popularity_weight_]
-    return [(weight, *table.metrics(weight)) for weight in weights]
+    totals = np.zeros((len(weights), 2))
+    for start in range(0, len(cases), CASES_PER_BATCH):
+        batch = cases[start:start + CASES_PER_BATCH]
+        carts, hidden = cases_as_matrix(batch, model.n_items_)
+        table = CandidateTable(model, carts, hidden)
+        for position, weight in enumerate(weights):
+            totals[position] += np.array(table.metrics(weight)) * len(batch)
+    totals /= max(len(cases), 1)
+    return [(weight, float(hit_rate), float(ndcg)) for weight, (hit_rate, ndcg) in zip(weights, totals)]
 
 
 def select_model(baskets, basket_times, settings: SelectionSettings | None = None):
@@ -182,6 +195,8 @@ def select_model(baskets, basket_times, settings: SelectionSettings | None = Non
     matrix = binary_baskets(baskets)
     times = np.asarray(basket_times, dtype=float)
     report = {"candidates": [], "cases": 0, "validation_fraction": settings.validation_fraction}
+    if not settings.enabled:
+        return _keep_default(report, "model selection is disabled (MODEL_SELECTION)")
     if matrix.shape[0] < 2:
         return _keep_default(report, "fewer than two orders in the training window")
     fit_idx, validation_idx = validation_split(times, settings.validation_fraction)
