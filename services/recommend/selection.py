@@ -155,17 +155,21 @@ class CandidateTable:
         self.hidden = hidden
         self.n_cases = n_cases
 
-    def metrics(self, weight: float) -> tuple[float, float]:
-        """(HR@10, NDCG@10) with the popular list blended at this weight."""
-        if self.n_cases == 0:
-            return 0.0, 0.0
+    def case_results(self, weight: float) -> tuple[np.ndarray, np.ndarray]:
+        """(hit, gain) per case with the popular list blended at this weight (gain: 1 / log2(rank + 2))."""
         scores = self.evidence + weight * self.popular
         hidden_score = np.where(self.found, scores[self.hidden_position], -np.inf)
         row_hidden_score = hidden_score[self.rows]
         ahead = (scores > row_hidden_score) | ((scores == row_hidden_score) & (self.cols < self.hidden[self.rows]))
         rank = np.bincount(self.rows[ahead & self.keep], minlength=self.n_cases)
         hit = self.found & (rank < K)
-        gain = np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0)
+        return hit, np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0)
+
+    def metrics(self, weight: float) -> tuple[float, float]:
+        """(HR@10, NDCG@10) with the popular list blended at this weight."""
+        if self.n_cases == 0:
+            return 0.0, 0.0
+        hit, gain = self.case_results(weight)
         return float(hit.mean()), float(gain.mean())
 
 
@@ -174,19 +178,28 @@ class CandidateTable:
 CASES_PER_BATCH = 2000
 
 
-def evaluate_fitted(model, cases, weights=None) -> list[tuple[float, float, float]]:
-    """[(beta, HR@10, NDCG@10)] of a fitted candidate on cases, for each blend weight (default: its own)."""
-    if weights is None:
-        weights = [model.popularity_weight_]
-    totals = np.zeros((len(weights), 2))
+def case_hits(model, cases, weights) -> tuple[np.ndarray, np.ndarray]:
+    """(hits, gains): per blend weight (rows) and case (columns), whether and how well the hidden item ranks."""
+    hits = np.zeros((len(weights), len(cases)), dtype=bool)
+    gains = np.zeros((len(weights), len(cases)))
     for start in range(0, len(cases), CASES_PER_BATCH):
         batch = cases[start:start + CASES_PER_BATCH]
         carts, hidden = cases_as_matrix(batch, model.n_items_)
         table = CandidateTable(model, carts, hidden)
         for position, weight in enumerate(weights):
-            totals[position] += np.array(table.metrics(weight)) * len(batch)
-    totals /= max(len(cases), 1)
-    return [(weight, float(hit_rate), float(ndcg)) for weight, (hit_rate, ndcg) in zip(weights, totals)]
+            hits[position, start:start + len(batch)], gains[position, start:start + len(batch)] = \
+                table.case_results(weight)
+    return hits, gains
+
+
+def evaluate_fitted(model, cases, weights=None) -> list[tuple[float, float, float]]:
+    """[(beta, HR@10, NDCG@10)] of a fitted candidate on cases, for each blend weight (default: its own)."""
+    if weights is None:
+        weights = [model.popularity_weight_]
+    if not cases:
+        return [(weight, 0.0, 0.0) for weight in weights]
+    hits, gains = case_hits(model, cases, weights)
+    return [(weight, float(hit.mean()), float(gain.mean())) for weight, hit, gain in zip(weights, hits, gains)]
 
 
 def select_model(baskets, basket_times, settings: SelectionSettings | None = None):
@@ -206,8 +219,28 @@ def select_model(baskets, basket_times, settings: SelectionSettings | None = Non
     if len(cases) < settings.min_cases:
         return _keep_default(report, f"{len(cases)} validation cases, fewer than the {settings.min_cases} "
                                      "a comparison needs")
-    fit_matrix, fit_times = matrix[fit_idx], times[fit_idx]
-    best = None
+    scored = _score_candidates(matrix[fit_idx], times[fit_idx], cases, settings, report)
+    default, best = scored[0], max(scored, key=lambda entry: (entry[1], entry[2]))
+    # Paired on the same cases: the standard error of the per-case difference in hits.
+    difference = best[4].astype(float) - default[4].astype(float)
+    margin = settings.default_margin_se * float(difference.std(ddof=1) / np.sqrt(len(cases)))
+    if best is not default and best[1] - default[1] <= margin:
+        # Within one standard error of today's model: not worth a change of model on noise.
+        report["chosen"] = default[3]
+        report["reason"] = (f"kept the default model: the best candidate ({best[3]['name']} {best[3]['params']}, "
+                            f"HR@10 {best[1]:.4f}) beats it by no more than one paired standard error "
+                            f"({margin:.4f}) on {len(cases)} validation cases")
+        return default_candidate(), report
+    report["chosen"] = best[3]
+    report["reason"] = (f"highest HR@10 ({best[1]:.4f}, NDCG@10 {best[2]:.4f}) of {len(report['candidates'])} "
+                        f"candidates on {len(cases)} validation cases, {best[1] - default[1]:+.4f} over the "
+                        f"default (paired standard error {margin / max(settings.default_margin_se, 1e-12):.4f})")
+    return best[0], report
+
+
+def _score_candidates(fit_matrix, fit_times, cases, settings: SelectionSettings, report: dict) -> list:
+    """[(unfitted candidate, HR@10, NDCG@10, report row, per-case hits)], today's default first."""
+    scored = []
     for structure in candidate_structures(settings):
         fitted = clone(structure).fit(fit_matrix, fit_times)
         betas = list(settings.betas)
@@ -216,25 +249,14 @@ def select_model(baskets, basket_times, settings: SelectionSettings | None = Non
             # Today's default (its own prior, beta=None) is the same fit at one more weight.
             betas.insert(0, None)
             weights.insert(0, float(fitted.popularity_.max()) / fitted.scale_)
-        for beta, (_weight, hit_rate, ndcg) in zip(betas, evaluate_fitted(fitted, cases, weights)):
+        hits, gains = case_hits(fitted, cases, weights)
+        for beta, hit, gain in zip(betas, hits, gains):
             candidate = clone(structure).set_params(beta=beta)
+            hit_rate, ndcg = float(hit.mean()), float(gain.mean())
             row = {**candidate.describe(), "hr_at_10": round(hit_rate, 4), "ndcg_at_10": round(ndcg, 4)}
             report["candidates"].append(row)
-            if best is None or (hit_rate, ndcg) > (best[1], best[2]):
-                best = (candidate, hit_rate, ndcg, row)
-    default_row = report["candidates"][0]
-    margin = settings.default_margin_se * float(np.sqrt(best[1] * (1.0 - best[1]) / len(cases)))
-    if best[3] is not default_row and round(best[1], 4) - default_row["hr_at_10"] <= margin:
-        # Within one standard error of today's model: not worth a change of model on noise.
-        report["chosen"] = default_row
-        report["reason"] = (f"kept the default model: the best candidate ({best[3]['name']} {best[3]['params']}, "
-                            f"HR@10 {best[1]:.4f}) beats it by no more than one standard error ({margin:.4f}) "
-                            f"on {len(cases)} validation cases")
-        return default_candidate(), report
-    report["chosen"] = best[3]
-    report["reason"] = (f"highest HR@10 ({best[1]:.4f}, NDCG@10 {best[2]:.4f}) of {len(report['candidates'])} "
-                        f"candidates on {len(cases)} validation cases")
-    return best[0], report
+            scored.append((candidate, hit_rate, ndcg, row, hit))
+    return scored
 
 
 def _keep_default(report: dict, why: str):

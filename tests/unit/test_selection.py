@@ -92,9 +92,9 @@ def test_pure_complements_choose_a_neighbour_model_without_popularity():
 def test_staples_choose_popularity():
     baskets, times = staple_shop()
     model, report = select_model(baskets, times)
-    # Nothing beats today's popularity-led model by more than the noise: it is kept, and says why.
-    assert isinstance(model, CoPurchaseCandidate) and model.beta is None
-    assert report["reason"].startswith("kept the default model: the best candidate")
+    # Popularity is all there is to learn: the choice is today's popularity-led model or a heavy blend.
+    assert model.beta is None or model.beta >= 8.0
+    assert report["chosen"]["hr_at_10"] >= max(row["hr_at_10"] for row in report["candidates"]) - 0.01
     _model, strict = select_model(baskets, times, SelectionSettings(default_margin_se=0.0))
     assert strict["chosen"]["params"]["beta"] >= 8.0
 
