@@ -18,6 +18,7 @@ Pure module: numpy / scipy.sparse.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -241,8 +242,11 @@ def select_model(baskets, basket_times, settings: SelectionSettings | None = Non
 def _score_candidates(fit_matrix, fit_times, cases, settings: SelectionSettings, report: dict) -> list:
     """[(unfitted candidate, HR@10, NDCG@10, report row, per-case hits)], today's default first."""
     scored = []
+    report["seconds"] = {}
     for structure in candidate_structures(settings):
+        started = time.perf_counter()
         fitted = clone(structure).fit(fit_matrix, fit_times)
+        fit_seconds = time.perf_counter() - started
         betas = list(settings.betas)
         weights = [max(beta, TIE_BREAK_WEIGHT) for beta in betas]
         if isinstance(structure, CoPurchaseCandidate):
@@ -256,6 +260,9 @@ def _score_candidates(fit_matrix, fit_times, cases, settings: SelectionSettings,
             row = {**candidate.describe(), "hr_at_10": round(hit_rate, 4), "ndcg_at_10": round(ndcg, 4)}
             report["candidates"].append(row)
             scored.append((candidate, hit_rate, ndcg, row, hit))
+        label = f"{fitted.name} {fitted.describe()['params'].get('l2_ratio', '')}".strip()
+        report["seconds"][label] = {"fit": round(fit_seconds, 2),
+                                    "score": round(time.perf_counter() - started - fit_seconds, 2)}
     return scored
 
 

@@ -51,6 +51,8 @@ def main() -> None:
         selection = metrics["model_selection"]
         print(f"model selection: {selection['cases']:,} validation cases, chosen {selection['chosen']}: "
               f"{selection['reason']}")
+        for label, seconds in selection.get("seconds", {}).items():
+            print(f"  selection {label:<28} fit {seconds['fit']:>7.2f} s, score {seconds['score']:>7.2f} s")
         print(f"items with neighbours {metrics['items_with_neighbours']:,}, bundles {metrics['bundles']:,}, "
               f"ABC {metrics['abc']}")
     finally:

@@ -74,6 +74,8 @@ def test_selection_never_sees_the_evaluation_holdout():
     for matrix in (baskets, junk.tocsr()):
         train, train_times, _cases = split_and_cases(matrix, times)
         reports.append(select_model(train, train_times, settings)[1])
+    for report in reports:
+        report.pop("seconds")  # wall-clock timings differ between the two runs
     assert reports[0] == reports[1]
     assert reports[0]["fit_orders"] == 960 and reports[0]["cases"] == 845
 
