@@ -114,3 +114,22 @@ def test_a_report_row_rebuilds_its_candidate():
     assert isinstance(candidate, EASECandidate) and candidate.beta == 2.0 and candidate.l2_ratio == 0.3
     with pytest.raises(ValueError):
         candidate_from_row({"name": "svd", "params": {}})
+
+
+def test_cases_scored_in_batches_give_the_figures_of_one_batch(monkeypatch):
+    import services.recommend.selection as selection
+
+    baskets, times = complement_shop(n_baskets=800)
+    cases = sampled_cases(baskets, np.arange(600, 800), max_cases=500)
+    model = EASECandidate(beta=1.0).fit(baskets[:600], times[:600])
+    whole = selection.evaluate_fitted(model, cases, [0.0, 1.0])
+    monkeypatch.setattr(selection, "CASES_PER_BATCH", 7)
+    batched = selection.evaluate_fitted(model, cases, [0.0, 1.0])
+    assert np.allclose(np.array(batched), np.array(whole)) and whole[0][1] == 0.922
+
+
+def test_selection_can_be_switched_off():
+    baskets, times = complement_shop(n_baskets=1500)
+    model, report = select_model(baskets, times, SelectionSettings.from_config({"MODEL_SELECTION": False}))
+    assert isinstance(model, CoPurchaseCandidate) and model.beta is None
+    assert report["reason"] == "kept the default model: model selection is disabled (MODEL_SELECTION)"
