@@ -222,20 +222,21 @@ def select_model(baskets, basket_times, settings: SelectionSettings | None = Non
                                      "a comparison needs")
     scored = _score_candidates(matrix[fit_idx], times[fit_idx], cases, settings, report)
     default, best = scored[0], max(scored, key=lambda entry: (entry[1], entry[2]))
-    # Paired on the same cases: the standard error of the per-case difference in hits.
-    difference = best[4].astype(float) - default[4].astype(float)
-    margin = settings.default_margin_se * float(difference.std(ddof=1) / np.sqrt(len(cases)))
-    if best is not default and best[1] - default[1] <= margin:
+    # The binomial standard error of the best HR@10, not the paired one of the per-case difference: the
+    # paired one only measures case noise, and on groceries it let a validation window that favours
+    # popularity a little more than the next weeks do switch the model (HTTP HR@10 0.4089 -> 0.4056).
+    margin = settings.default_margin_se * float(np.sqrt(best[1] * (1.0 - best[1]) / len(cases)))
+    if best is not default and round(best[1], 4) - default[3]["hr_at_10"] <= margin:
         # Within one standard error of today's model: not worth a change of model on noise.
         report["chosen"] = default[3]
         report["reason"] = (f"kept the default model: the best candidate ({best[3]['name']} {best[3]['params']}, "
-                            f"HR@10 {best[1]:.4f}) beats it by no more than one paired standard error "
-                            f"({margin:.4f}) on {len(cases)} validation cases")
+                            f"HR@10 {best[1]:.4f}) beats it by no more than one standard error ({margin:.4f}) "
+                            f"on {len(cases)} validation cases")
         return default_candidate(), report
     report["chosen"] = best[3]
     report["reason"] = (f"highest HR@10 ({best[1]:.4f}, NDCG@10 {best[2]:.4f}) of {len(report['candidates'])} "
                         f"candidates on {len(cases)} validation cases, {best[1] - default[1]:+.4f} over the "
-                        f"default (paired standard error {margin / max(settings.default_margin_se, 1e-12):.4f})")
+                        f"default (standard error {margin / max(settings.default_margin_se, 1e-12):.4f})")
     return best[0], report
 
 
