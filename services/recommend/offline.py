@@ -80,9 +80,9 @@ def implicit_recommend_fn(train, weighting: str, k_neighbours: int = 50):
 
 
 def rules_recommend_fn(train, max_baskets: int = RULES_MAX_BASKETS, min_support: float = RULES_MIN_SUPPORT):
-    """(recommend_fn, note): mlxtend pair rules by confidence, popularity backfill; None without mlxtend."""
+    """(recommend_fn, note): mlxtend fpgrowth pair rules by confidence, popularity backfill; None without mlxtend."""
     try:
-        from mlxtend.frequent_patterns import apriori, association_rules
+        from mlxtend.frequent_patterns import association_rules, fpgrowth
     except ImportError:
         return None, "mlxtend is not installed (pip install segrec[dev])"
     note = ""
@@ -94,9 +94,9 @@ def rules_recommend_fn(train, max_baskets: int = RULES_MAX_BASKETS, min_support:
         return None, f"skipped: {train.shape[0]:,} orders x {train.shape[1]:,} skus is too large for mlxtend here"
     frame = pd.DataFrame(sp.csr_matrix(train).toarray().astype(bool))
     # An itemset needs 5 orders at least: on small files with big baskets a lower support explodes.
-    # Pairs only (max_len=2): apriori finds the same itemsets as fpgrowth, ten times faster on wide
-    # baskets (online retail's 846 training invoices x 2,583 skus: 27 s against 319 s).
-    itemsets = apriori(frame, min_support=max(min_support, RULES_MIN_ORDERS / train.shape[0]), max_len=2)
+    # fpgrowth, not apriori: apriori is ten times faster on online retail's wide invoices (27 s against
+    # 319 s) but materialises every candidate pair x basket (86 GB on 16,000 baskets x 4,000 skus).
+    itemsets = fpgrowth(frame, min_support=max(min_support, RULES_MIN_ORDERS / train.shape[0]), max_len=2)
     best = {}
     if len(itemsets):
         rules = association_rules(itemsets, metric="confidence", min_threshold=0.0)

@@ -10,7 +10,7 @@ NDCG@10 (cases sampled to at most MAX_CASES, seeded, the same sample for every m
   split of the training part, then the winner refitted on the whole training part, exactly as the
   nightly training does, scored as served (stored neighbour lists merged with the popularity list).
 * peers: popularity (training counts), implicit CosineRecommender and BM25Recommender (item kNN, 50
-  neighbours), mlxtend association rules (apriori pairs) by confidence with popularity backfill, and plain
+  neighbours), mlxtend association rules (fpgrowth pairs) by confidence with popularity backfill, and plain
   EASE (Steck 2019: full weights, every cart item, no popularity blend), its l2 the best of a small
   grid on the same validation split segrec selects on (the best l2 on the test cases, an upper bound
   for that peer, is printed next to it).
