@@ -33,6 +33,17 @@ DEFAULTS: dict[str, object] = {
     "RETRAIN_RETRY_BACKOFF_MAX": 60,
     "SCORING_SHARD_SIZE": 200_000,
     "PUBLISH_TOLERANCE": 0.02,
+    # Per-shop choice of the cart model at every retrain (services/recommend/selection.py).
+    # EASE inverts an items x items matrix: 4,000 items take a few seconds (time bounds it, not memory).
+    # Off: every shop keeps the default co-purchase model (no candidates are fitted).
+    "MODEL_SELECTION": True,
+    "EASE_MAX_ITEMS": 4000,
+    "SELECTION_MAX_CASES": 20_000,
+    # Fewer validation cases than this: the shop keeps the default model, and the run says so.
+    "SELECTION_MIN_CASES": 200,
+    # Comma-separated grids; empty: the defaults of SelectionSettings.
+    "SELECTION_BETAS": "",
+    "SELECTION_EASE_L2_RATIOS": "",
     # HTTP.
     "MAX_BATCH_RECORDS": 5000,
     "MAX_CONTENT_LENGTH": 10 * 1024 * 1024,

@@ -314,3 +314,16 @@ def run_command(segmentation_port: int, recommend_port: int, demo_customers: int
     from services.admin.stack import run_stack
 
     sys.exit(run_stack(segmentation_port, recommend_port, demo_customers))
+
+
+@main.command("evaluate")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def evaluate_command(path: Path) -> None:
+    """Model selection and holdout evaluation on an orders CSV (the import columns); no database."""
+    from services.recommend.offline import evaluate_orders_file, format_report
+
+    try:
+        result = evaluate_orders_file(path, load_config())
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(format_report(result))

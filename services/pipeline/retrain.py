@@ -213,7 +213,8 @@ def step_train_recommendations(run_id: str, config: dict) -> dict:
     if lines_quarantined and lines_quarantined["count"]:
         log.warning("order lines quarantined", extra={"run_id": run_id, "reasons": lines_quarantined["reasons"]})
     quarantine = merge_reports((runs.get_run(run_id).metrics or {}).get("quarantine"), lines_quarantined)
-    merge_run_metrics(run_id, {"recommendations": metrics, "quarantine": quarantine})
+    merge_run_metrics(run_id, {"recommendations": metrics, "quarantine": quarantine,
+                                "model_selection": metrics.pop("model_selection", None)})
     return metrics
 
 
@@ -321,6 +322,9 @@ def publish_gate_reason(current: dict, candidate: dict, tolerance: float) -> str
         return f"scored {new_customers} customers, fewer than half of the current run's {old_customers}"
     new_hit_rate = candidate.get("recommendations", {}).get("evaluation", {}).get("hr_at_10")
     old_hit_rate = current.get("recommendations", {}).get("evaluation", {}).get("hr_at_10")
+    # The current run's model measured on the new run's own test cases, when training could.
+    old_hit_rate = candidate.get("recommendations", {}).get("evaluation", {}).get("current_model_hr_at_10",
+                                                                                  old_hit_rate)
     if new_hit_rate is not None and old_hit_rate is not None and new_hit_rate < old_hit_rate - tolerance:
         return (f"cart HR@10 {new_hit_rate:.4f} is worse than the current run's {old_hit_rate:.4f} "
                 f"beyond the tolerance {tolerance}")

@@ -280,3 +280,126 @@ def split_and_cases(baskets, basket_times, train_fraction=0.8, seed=42):
     cases = leave_one_out_cases(baskets, test_idx, seed=seed)
     times = np.asarray(basket_times, dtype=float)
     return baskets[train_idx], times[train_idx], cases
+
+
+def synthetic_dense_accessories(n_baskets=6000, n_devices=8, random_state=0) -> dict:
+    """A small dense catalogue (~40 skus): a device family and its accessories, baskets of 2-5 items.
+
+    Each device has three dedicated accessories; eight universal accessories go with any device.
+    A basket is one family's device and/or accessories plus universal ones, so pair evidence is
+    strong and best sellers carry little information beyond it.
+    """
+    rng = np.random.default_rng(random_state)
+    n_universal = 8
+    n_items = n_devices * 4 + n_universal
+    family_weight = 1.0 / np.arange(1, n_devices + 1) ** 0.7
+    family_weight /= family_weight.sum()
+    universal_weight = 1.0 / np.arange(1, n_universal + 1) ** 0.8
+    universal_weight /= universal_weight.sum()
+    rows = []
+    for _ in range(n_baskets):
+        family = rng.choice(n_devices, p=family_weight)
+        size = rng.integers(2, 6)
+        n_family = min(rng.integers(1, size + 1), 4)
+        items = list(family * 4 + rng.choice(4, size=n_family, replace=False, p=[0.4, 0.25, 0.2, 0.15]))
+        n_other = size - n_family
+        items += list(n_devices * 4 + rng.choice(n_universal, size=n_other, replace=False, p=universal_weight))
+        rows.append(np.unique(items))
+    return {
+        "name": "dense_accessories",
+        "baskets": _rows_to_csr(rows, n_items),
+        "times": np.sort(rng.uniform(0, 365, n_baskets)),
+        "customers": rng.integers(0, n_baskets // 3, n_baskets),
+    }
+
+
+def synthetic_cafe(n_baskets=20000, n_items=100, random_state=0) -> dict:
+    """A café (~100 skus) where one staple (coffee) is in most orders; food pairs with drinks.
+
+    Ten drinks (coffee dominant) and ninety foods in ten kinds; each drink prefers two kinds of
+    food. An order is a drink (coffee in ~60 %) with 0-3 foods, half of them from its kinds.
+    """
+    rng = np.random.default_rng(random_state)
+    n_drinks = 10
+    n_kinds = 10
+    foods = np.arange(n_drinks, n_items)
+    kind_of_food = rng.integers(0, n_kinds, foods.size)
+    drink_weight = np.array([6.0] + [0.45] * (n_drinks - 1))
+    drink_weight /= drink_weight.sum()
+    food_weight = 1.0 / np.arange(1, foods.size + 1) ** 0.8
+    food_weight = rng.permutation(food_weight)
+    preferred_kinds = [rng.choice(n_kinds, 2, replace=False) for _ in range(n_drinks)]
+    rows = []
+    for _ in range(n_baskets):
+        drink = rng.choice(n_drinks, p=drink_weight)
+        items = [drink] if rng.random() < 0.9 else []
+        for _food in range(rng.integers(0, 4)):
+            if rng.random() < 0.5:
+                pool = foods[np.isin(kind_of_food, preferred_kinds[drink])]
+            else:
+                pool = foods
+            weights = food_weight[pool - n_drinks]
+            items.append(rng.choice(pool, p=weights / weights.sum()))
+        if rng.random() < 0.15:
+            items.append(rng.choice(n_drinks, p=drink_weight))
+        rows.append(np.unique(items if items else [drink]))
+    return {
+        "name": "cafe",
+        "baskets": _rows_to_csr(rows, n_items),
+        "times": np.sort(rng.uniform(0, 365, n_baskets)),
+        "customers": rng.integers(0, n_baskets // 6, n_baskets),
+    }
+
+
+def synthetic_large_sparse(n_baskets=20000, n_items=4000, n_topics=80, random_state=0) -> dict:
+    """A large sparse catalogue (thousands of skus) with big baskets (~15 items from 2-3 topics)."""
+    rng = np.random.default_rng(random_state)
+    topic_of_item = rng.integers(0, n_topics, n_items)
+    item_weight = rng.permutation(1.0 / np.arange(1, n_items + 1) ** 0.8)
+    topic_items = [np.flatnonzero(topic_of_item == topic) for topic in range(n_topics)]
+    topic_probs = [item_weight[items] / item_weight[items].sum() for items in topic_items]
+    global_probs = item_weight / item_weight.sum()
+    topic_weight = rng.dirichlet(np.ones(n_topics))
+    rows = []
+    for _ in range(n_baskets):
+        topics = rng.choice(n_topics, size=rng.integers(2, 4), replace=False, p=topic_weight)
+        parts = [rng.choice(topic_items[topic], size=1 + rng.poisson(4), p=topic_probs[topic]) for topic in topics]
+        parts.append(rng.choice(n_items, size=rng.poisson(2), p=global_probs))
+        rows.append(np.unique(np.concatenate(parts)))
+    return {
+        "name": "large_sparse",
+        "baskets": _rows_to_csr(rows, n_items),
+        "times": np.sort(rng.uniform(0, 365, n_baskets)),
+        "customers": rng.integers(0, n_baskets // 4, n_baskets),
+    }
+
+
+def synthetic_repeat_purchases(n_customers=1500, n_items=300, baskets_per_customer=10, random_state=0) -> dict:
+    """Strong repeat purchases: each customer rebuys from a personal set of ~8 favourites.
+
+    Favourites are drawn around a personal theme (neighbouring item indices), so habitual sets
+    overlap between customers; a basket is 2-6 favourites plus sometimes a best seller.
+    """
+    rng = np.random.default_rng(random_state)
+    item_weight = 1.0 / np.arange(1, n_items + 1) ** 0.9
+    global_probs = item_weight / item_weight.sum()
+    rows, times, customers = [], [], []
+    for customer in range(n_customers):
+        theme = rng.integers(0, n_items)
+        favourites = np.unique((theme + rng.integers(-12, 13, size=8)) % n_items)
+        preference = rng.dirichlet(np.ones(favourites.size))
+        n_baskets = 1 + rng.poisson(baskets_per_customer - 1)
+        for day in np.sort(rng.uniform(0, 365, n_baskets)):
+            size = min(rng.integers(2, 7), favourites.size)
+            items = list(rng.choice(favourites, size=size, replace=False, p=preference))
+            if rng.random() < 0.3:
+                items.append(rng.choice(n_items, p=global_probs))
+            rows.append(np.unique(items))
+            times.append(day)
+            customers.append(customer)
+    return {
+        "name": "repeat_purchases",
+        "baskets": _rows_to_csr(rows, n_items),
+        "times": np.asarray(times, dtype=float),
+        "customers": np.asarray(customers),
+    }

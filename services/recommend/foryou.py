@@ -31,6 +31,8 @@ Pure module: numpy / scipy.sparse / scikit-learn.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator
@@ -44,6 +46,23 @@ class InvalidCustomerMatrixError(ValueError):
     """Raised when the customer x item matrix or a customer index is invalid."""
 
 
+class GivenNeighbours:
+    """Item neighbour scores handed to ForYouModel.fit (the shape of CoPurchaseModel it reads)."""
+
+    def __init__(self, scores) -> None:
+        self.scores_ = scores
+
+
+@dataclass(frozen=True)
+class Neighbourhood:
+    """How the co-purchase neighbourhood of for-you is learned when no neighbour scores are given:
+    ``n_neighbors`` kept per item, the ``significance`` margin and the ``shrinkage`` of CoPurchaseModel."""
+
+    n_neighbors: int = 50
+    significance: float = 2.0
+    shrinkage: float = 20.0
+
+
 class ForYouModel(BaseEstimator):
     """Personal ranking: buy-again share + co-purchase neighbourhood + popularity prior."""
 
@@ -52,9 +71,7 @@ class ForYouModel(BaseEstimator):
         method="neighbors",
         repeat_weight=0.05,
         popularity_weight=1.0,
-        n_neighbors=50,
-        significance=2.0,
-        shrinkage=20.0,
+        neighbourhood=None,
         n_components=32,
         n_backfill=50,
         chunk_size=20_000,
@@ -63,16 +80,18 @@ class ForYouModel(BaseEstimator):
         self.method = method
         self.repeat_weight = repeat_weight
         self.popularity_weight = popularity_weight
-        self.n_neighbors = n_neighbors
-        self.significance = significance
-        self.shrinkage = shrinkage
+        self.neighbourhood = neighbourhood
         self.n_components = n_components
         self.n_backfill = n_backfill
         self.chunk_size = chunk_size
         self.random_state = random_state
 
-    def fit(self, customer_item_matrix):
-        """Learn purchase shares, the item neighbourhood (or SVD factors) and popularity."""
+    def fit(self, customer_item_matrix, neighbour_scores=None):
+        """Learn purchase shares, the item neighbourhood (or SVD factors) and popularity.
+
+        ``neighbour_scores``: an items x items sparse matrix of neighbour scores (the shop's chosen
+        cart model's lists) used as the neighbourhood instead of fitting one on customers.
+        """
         if not sp.issparse(customer_item_matrix):
             raise InvalidCustomerMatrixError("customer_item_matrix must be a scipy.sparse matrix")
         if self.method not in ("neighbors", "svd"):
@@ -89,11 +108,16 @@ class ForYouModel(BaseEstimator):
         bought.data[:] = 1.0
         self.bought_ = bought
         self.popularity_ = np.asarray(bought.sum(axis=0)).ravel() / max(self.n_customers_, 1)
-        if self.method == "neighbors":
+        if self.method == "neighbors" and neighbour_scores is not None:
+            if neighbour_scores.shape != (self.n_items_, self.n_items_):
+                raise InvalidCustomerMatrixError("neighbour_scores must be an items x items matrix")
+            self.neighbors_ = GivenNeighbours(sp.csr_matrix(neighbour_scores, dtype=np.float64))
+        elif self.method == "neighbors":
+            neighbourhood = self.neighbourhood or Neighbourhood()
             self.neighbors_ = CoPurchaseModel(
-                n_neighbors=self.n_neighbors,
-                significance=self.significance,
-                shrinkage=self.shrinkage,
+                n_neighbors=neighbourhood.n_neighbors,
+                significance=neighbourhood.significance,
+                shrinkage=neighbourhood.shrinkage,
                 popularity_half_life_days=None,
             ).fit(bought)
         else:

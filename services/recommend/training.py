@@ -16,15 +16,18 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from sklearn.base import clone
 from sqlalchemy import delete
 
 from services.recommend.abc import abc_classes
 from services.recommend.bundles import BundleCatalogue, BundleOptions, BundlePricing, build_bundles
 from services.recommend.cooccurrence import CartScoring, CoPurchaseModel
 from services.recommend.crosssell import recommend_for_cart
+from services.recommend.candidates import binary_baskets, pair_counts
 from services.recommend.evaluation import evaluate_against_popularity, split_and_cases
-from services.recommend.foryou import ForYouModel
+from services.recommend.foryou import ForYouModel, Neighbourhood
 from services.recommend.popularity import popularity_by_group, trending_scores
+from services.recommend.selection import SelectionSettings, candidate_from_row, evaluate_fitted, select_model
 from services.recommend.store import (
     CUSTOMER_TIERS,
     MODEL_TTL_SECONDS,
@@ -114,21 +117,30 @@ class TrainingData:
         self.order_lines = len(lines)
 
 
-def evaluate_cart_model(data: TrainingData, model_params: dict) -> dict:
-    """Time-ordered holdout, leave one out in held-out orders: HR@10, NDCG@10, coverage vs popularity."""
+def select_and_evaluate(data: TrainingData, config: dict, current_choice: dict | None = None):
+    """(unfitted chosen model, model_selection report, evaluation) on the time-ordered holdout.
+
+    Selection sees the training part only (it carves its own validation split from it); the chosen
+    model is refitted on that part and measured on the held-out orders, next to popularity and,
+    when the current run names its model, next to that model on the same cases (the publish gate).
+    """
+    settings = SelectionSettings.from_config(config)
     if data.baskets.shape[0] < 50:
-        return {"skipped": "fewer than 50 orders"}
+        model, report = select_model(data.baskets[:0], np.zeros(0), settings)
+        return model, report, {"skipped": "fewer than 50 orders"}
     train, train_times, cases = split_and_cases(data.baskets, data.basket_times)
+    model, report = select_model(train, train_times, settings)
     if len(cases) < 10 or train.nnz == 0:
-        return {"skipped": "fewer than 10 held-out orders with two or more items"}
+        return model, report, {"skipped": "fewer than 10 held-out orders with two or more items"}
     if len(cases) > MAX_EVALUATION_CASES:
         # A fixed, seeded sample keeps the nightly evaluation bounded and comparable night to night.
         picks = np.random.default_rng(42).choice(len(cases), MAX_EVALUATION_CASES, replace=False)
         cases = [cases[index] for index in sorted(picks)]
-    model = CoPurchaseModel(**model_params).fit(train, train_times)
-    result = evaluate_against_popularity(lambda cart, k: recommend_for_cart(model, cart, k)[0], train, cases)
-    return {
+    fitted = clone(model).fit(train, train_times)
+    result = evaluate_against_popularity(lambda cart, k: recommend_for_cart(fitted, cart, k)[0], train, cases)
+    evaluation = {
         "cases": len(cases),
+        "model": fitted.describe(),
         "hr_at_10": round(result["model"]["hit_rate"], 4),
         "ndcg_at_10": round(result["model"]["ndcg"], 4),
         "coverage_at_10": round(result["model"].get("coverage", 0.0), 4),
@@ -136,19 +148,45 @@ def evaluate_cart_model(data: TrainingData, model_params: dict) -> dict:
         "popularity_ndcg_at_10": round(result["popularity"]["ndcg"], 4),
         "hr_lift_over_popularity": round(result["hit_rate_lift"], 4),
     }
+    if current_choice:
+        current = candidate_from_row(current_choice)
+        if current.describe() == fitted.describe():
+            current_hit_rate = evaluation["hr_at_10"]
+        else:
+            current_hit_rate = round(evaluate_fitted(clone(current).fit(train, train_times), cases)[0][1], 4)
+        evaluation["current_model"] = current.describe()
+        evaluation["current_model_hr_at_10"] = current_hit_rate
+    return model, report, evaluation
 
 
-def _neighbour_payloads(model: CoPurchaseModel, skus: np.ndarray) -> dict[str, str]:
-    """sku -> JSON [[item, score, orders together], ...] of its stored top-N neighbours."""
+def _current_choice() -> dict | None:
+    """The model the current published run chose ({"name", "params"}), if it recorded one."""
+    from shared.runs import get_run
+
+    run_id = current_run_id()
+    if run_id is None:
+        return None
+    chosen = ((get_run(run_id).metrics or {}).get("model_selection") or {}).get("chosen")
+    return {"name": chosen["name"], "params": chosen["params"]} if chosen else None
+
+
+def _neighbour_payloads(model, baskets: sp.csr_matrix, skus: np.ndarray) -> dict[str, str]:
+    """sku -> JSON [[item, score, orders together], ...] of its stored top-N neighbours.
+
+    Scores are the chosen model's; "orders together" are plain co-purchase counts of the same pairs,
+    so reasons name real evidence whatever model ranks the list.
+    """
     payloads = {}
-    scores = model.scores_
-    counts = model.pair_counts_
+    scores = model.top_neighbours(NEIGHBOURS_STORED)
+    counts = pair_counts(binary_baskets(baskets), scores)
+    rows = np.repeat(np.arange(scores.shape[0]), np.diff(scores.indptr))
+    together_all = np.asarray(counts[rows, scores.indices]).ravel() if scores.nnz else np.zeros(0, np.int64)
     for item in np.flatnonzero(np.diff(scores.indptr)):
         start, stop = scores.indptr[item], scores.indptr[item + 1]
         neighbours = scores.indices[start:stop]
         values = scores.data[start:stop]
-        together = counts.data[start:stop]
-        order = np.lexsort((neighbours, -values))[:NEIGHBOURS_STORED]
+        together = together_all[start:stop]
+        order = np.lexsort((neighbours, -values))
         payloads[skus[item]] = json.dumps(
             [[int(neighbours[i]), round(float(values[i]), 6), int(together[i])] for i in order],
             separators=(",", ":"),
@@ -221,9 +259,8 @@ def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
         stage_empty_version(run_id)
         return {"order_lines": 0, "items": int(data.n_items), "evaluation": {"skipped": "no paid orders"},
                 "quarantine": quarantined}
-    # The served popularity list is the stored top POPULAR_STORED: the evaluation must score that same list.
-    model_params = {"cart": CartScoring(n_popular=POPULAR_STORED)}
-    model = CoPurchaseModel(**model_params).fit(data.baskets, data.basket_times)
+    # Bundles keep their count-based co-purchase evidence, whatever model ranks the lists.
+    co_purchase = CoPurchaseModel(cart=CartScoring(n_popular=POPULAR_STORED)).fit(data.baskets, data.basket_times)
     item_counts = np.asarray(data.baskets.sum(axis=0)).ravel()
     timings["co_purchase"] = time.perf_counter() - step
 
@@ -238,23 +275,26 @@ def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
         names=catalogue["name"].to_numpy(),
     )
     bundle_options = BundleOptions(pricing=BundlePricing(margin_floor=config["BUNDLE_MARGIN_FLOOR"]))
-    bundles = build_bundles(model, bundle_catalogue, bundle_options)
+    bundles = build_bundles(co_purchase, bundle_catalogue, bundle_options)
     timings["bundles"] = time.perf_counter() - step
+
+    step = time.perf_counter()
+    chosen, selection, evaluation = select_and_evaluate(data, config, _current_choice())
+    timings["select_and_evaluate"] = time.perf_counter() - step
+    step = time.perf_counter()
+    model = clone(chosen).fit(data.baskets, data.basket_times)
+    timings["chosen_model"] = time.perf_counter() - step
 
     step = time.perf_counter()
     trending = (trending_scores(data.baskets, data.basket_times) if data.baskets.shape[0]
                 else np.zeros(data.n_items))
     tier_popular, customer_tiers = _tier_popularity(data)
-    customer_payloads = _customer_payloads(data, catalogue, customer_tiers)
+    customer_payloads = _customer_payloads(data, catalogue, customer_tiers, model)
     timings["for_you"] = time.perf_counter() - step
 
     step = time.perf_counter()
-    evaluation = evaluate_cart_model(data, model_params)
-    timings["evaluate"] = time.perf_counter() - step
-
-    step = time.perf_counter()
     catalogue_payload = _catalogue_payload(catalogue, model, abc, trending, tier_popular, item_counts)
-    neighbour_payloads = _neighbour_payloads(model, skus)
+    neighbour_payloads = _neighbour_payloads(model, data.baskets, skus)
     bundle_payloads = _bundle_payloads(bundles, skus)
     write_version(run_id, catalogue_payload, neighbour_payloads, bundle_payloads,
                   zip(data.customer_ids, customer_payloads))
@@ -269,6 +309,7 @@ def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
         "bundles": len(bundles),
         "abc": {label: int((abc == label).sum()) for label in ("A", "B", "C")},
         "evaluation": evaluation,
+        "model_selection": selection,
         "seconds": {name: round(value, 3) for name, value in timings.items()},
         "quarantine": quarantined,
     }
@@ -290,13 +331,21 @@ def _bundle_payloads(bundles: list, skus: np.ndarray) -> dict[str, str]:
     return {sku: json.dumps(entries, separators=(",", ":")) for sku, entries in by_anchor.items()}
 
 
-def _customer_payloads(data: TrainingData, catalogue: pd.DataFrame, customer_tiers: dict) -> list[bytes]:
-    """Packed per-customer lists (store.encode_customer_lists), in data.customer_ids order."""
+def _customer_payloads(data: TrainingData, catalogue: pd.DataFrame, customer_tiers: dict,
+                       chosen_model) -> list[bytes]:
+    """Packed per-customer lists (store.encode_customer_lists), in data.customer_ids order.
+
+    The neighbourhood part is the chosen cart model's item lists, blended with popularity at the
+    chosen weight (popularity on the same unit-maximum scale).
+    """
     if len(data.customer_ids) == 0:
         return []
     # 20 neighbours and 20 backfill candidates per customer keep 1M customers within the nightly budget;
     # on the groceries next-basket holdout the default 50/50 was no better (tests/perf/groceries_eval.py).
-    model = ForYouModel(n_neighbors=20, n_backfill=20).fit(data.customer_items)
+    customer_share = np.asarray((data.customer_items > 0).sum(axis=0)).ravel() / len(data.customer_ids)
+    weight = chosen_model.popularity_weight_ / max(float(customer_share.max()), 1e-12)
+    model = ForYouModel(neighbourhood=Neighbourhood(n_neighbors=20), n_backfill=20, popularity_weight=weight).fit(
+        data.customer_items, neighbour_scores=chosen_model.top_neighbours(20))
     repeat = catalogue["repeat_purchase"].to_numpy()
     # Items bought before are only suggested again when they are bought again by nature (consumables).
     bought_once_only = data.customer_items.multiply(sp.csr_matrix(~repeat, dtype=np.float32)).tocsr()

@@ -86,6 +86,8 @@ def test_cart_cross_sell_beats_every_public_figure_on_groceries(
     assert hit_rate > BEST_PUBLIC_HIT_RATE
     # The known answer of this deterministic protocol (seed 42): a change of score or ranking moves it.
     assert (hits, len(cases)) == (1208, 2954)
+    # Per-shop selection keeps today's model on groceries (no candidate beats it beyond the noise).
+    assert run.metrics["model_selection"]["chosen"]["params"] == {"beta": None}
     # The evaluation stored with the run measures the same model on its own split of the imported orders
     # (2,370 sampled held-out cases), next to popularity on the same cases. Orders of one day tie on time and
     # keep the order the database returns them in, which differs between SQLite and PostgreSQL: one known
@@ -98,4 +100,5 @@ def test_cart_cross_sell_beats_every_public_figure_on_groceries(
     }[db.dialect]
     assert run.metrics["recommendations"]["evaluation"] == {
         "cases": 2370, "coverage_at_10": 0.1737, "popularity_hr_at_10": 0.3608, **expected,
+        "model": {"name": "co_purchase", "params": {"beta": None}},
     }

@@ -200,6 +200,14 @@ def test_runs_endpoints(client, ops, make_key, shop):
     assert detail["metrics"]["recommendations"]["evaluation"] == {
         "cases": 77, "hr_at_10": 1.0, "ndcg_at_10": 0.9097, "coverage_at_10": 1.0,
         "popularity_hr_at_10": 1.0, "popularity_ndcg_at_10": 0.5986, "hr_lift_over_popularity": 0.0,
+        "model": {"name": "co_purchase", "params": {"beta": None}},
     }
+    # A shop this small keeps the default cart model, and the run says why.
+    selection = detail["metrics"]["model_selection"]
+    assert selection["chosen"] == {"name": "co_purchase", "params": {"beta": None}, "hr_at_10": None,
+                                   "ndcg_at_10": None}
+    assert selection["candidates"] == []
+    assert selection["reason"] == (f"kept the default model: {selection['cases']} validation cases, "
+                                   "fewer than the 200 a comparison needs")
     assert all(step["started_at"] and step["finished_at"] for step in detail["steps"])
     assert client.post("/v1/runs", headers=ops).status_code == 403

@@ -222,7 +222,7 @@ def grid_across_shapes(datasets):
 
 def foryou_holdout(data):
     """Next-basket holdout: customers' first basket after the split vs their history before it."""
-    from services.recommend.foryou import ForYouModel
+    from services.recommend.foryou import ForYouModel, Neighbourhood
 
     baskets, times, customers = data["baskets"], data["times"], data["customers"]
     train_idx, test_idx = evaluation.time_ordered_split(times, 0.8)
@@ -239,7 +239,8 @@ def foryou_holdout(data):
     top_popular = np.argsort(-popularity, kind="stable")[:10]
     variants = [
         ("popularity", None),
-        ("buy-again 0.5 + popularity", ForYouModel(method="neighbors", repeat_weight=0.5, n_neighbors=1, significance=1e9)),
+        ("buy-again 0.5 + popularity", ForYouModel(method="neighbors", repeat_weight=0.5,
+                                                        neighbourhood=Neighbourhood(n_neighbors=1, significance=1e9))),
         ("neighbors (default)", ForYouModel(method="neighbors")),
         ("svd 32 comps", ForYouModel(method="svd", n_components=32)),
         ("svd 8 comps", ForYouModel(method="svd", n_components=8)),

@@ -1,0 +1,388 @@
+"""Candidate item-to-item models behind one estimator interface, each blended with a popularity prior.
+
+Every candidate is fitted on the same binary basket matrix (baskets x items) and learns the same
+things (scikit-learn conventions: hyper-parameters in ``__init__``, ``fit`` returns self, learned
+attributes end in ``_``):
+
+* ``scores_``: the per-item neighbour lists as a sparse items x items matrix, pruned to the
+  ``n_neighbours`` best of each row and divided by ``scale_`` (see below). This is what training
+  stores per item and what serving merges, so offline scores are served scores.
+* ``popular_items_`` / ``popular_scores_``: the ``n_popular`` most popular items by time-decayed
+  popularity, scaled to a maximum of 1, and ``popularity_weight_`` (beta) to blend them with.
+* ``informativeness_``: per item, the sum of its stored neighbour scores (the web tier picks the
+  ``max_cart_items`` most informative cart items), and ``item_counts_``.
+
+Cart score (what ``crosssell.recommend_for_cart`` and the storefront compute from stored lists)::
+
+    score(j | cart) = beta * popularity(j) / max popularity
+                      + sum over the K most informative cart items i of scores_[i, j]
+
+Scales: so that beta means the same for every candidate, neighbour scores are divided by
+``scale_``, the strongest neighbour score of a typical cart line (the mean of the row maxima,
+weighted by how often each item is bought). With popularity at unit maximum, beta = 1 puts the
+shop's best seller level with the strongest neighbour of a typical item, whatever the model.
+
+Candidates: the current excess-over-chance co-purchase model (``CoPurchaseModel``, wrapped), item
+kNN with cosine and BM25 weighting (the ``implicit`` package's recommenders), conditional
+probability P(j | i), and EASE (Steck 2019: B = I - P / diag(P), P = (X'X + lambda I)^-1) on the
+``max_items`` most-sold items, with cosine lists for the items beyond them.
+
+Pure module: numpy / scipy / scikit-learn / implicit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.linalg import lapack
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from services.recommend.cooccurrence import CartScoring, CoPurchaseModel, top_n_per_row
+from services.recommend.popularity import decay_weights
+
+# A beta of 0 keeps popularity as the tie-breaker only (and as the backfill order of short lists).
+TIE_BREAK_WEIGHT = 1e-6
+
+
+class InvalidCandidateInputError(ValueError):
+    """Raised when baskets, times or hyper-parameters of a candidate are malformed."""
+
+
+def binary_baskets(baskets) -> sp.csr_matrix:
+    """A binary float32 CSR copy of a basket matrix (duplicates and quantities collapse to 1)."""
+    if not sp.issparse(baskets):
+        raise InvalidCandidateInputError("baskets must be a scipy.sparse matrix (n_baskets, n_items)")
+    matrix = sp.csr_matrix(baskets, dtype=np.float32, copy=True)
+    if matrix.shape[0] == 0 or matrix.shape[1] == 0:
+        raise InvalidCandidateInputError("baskets must have at least one basket and one item")
+    matrix.sum_duplicates()
+    matrix.eliminate_zeros()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def prune_rows(matrix, n: int) -> sp.csr_matrix:
+    """The n largest entries of every row (ties: lower column), diagonal and non-positive entries dropped."""
+    coo = sp.coo_matrix(matrix)
+    keep = (coo.row != coo.col) & (coo.data > 0)
+    rows, cols, values = coo.row[keep].astype(np.int64), coo.col[keep].astype(np.int64), coo.data[keep]
+    top = top_n_per_row(rows, cols, values, n)
+    return sp.csr_matrix((values[top].astype(np.float64), (rows[top], cols[top])), shape=matrix.shape)
+
+
+def blocked_pair_scores(matrix: sp.csr_matrix, score_pairs, n: int, block_work: float = 20_000_000) -> sp.csr_matrix:
+    """Top-n per row of score_pairs(rows, cols, co_counts) over the co-purchase pairs, in item blocks.
+
+    X'X is built a block of items at a time (blocks sized by the baskets they touch), scored and
+    pruned, so memory is bounded by the block, never by the full item x item product.
+    """
+    n_items = matrix.shape[1]
+    items_by_basket = matrix.T.tocsr()
+    basket_sizes = np.diff(matrix.indptr).astype(np.float64)
+    cumulative_work = np.cumsum(np.asarray(items_by_basket @ basket_sizes).ravel())
+    parts = []
+    start = 0
+    while start < n_items:
+        limit = (cumulative_work[start - 1] if start else 0.0) + block_work
+        stop = min(max(int(np.searchsorted(cumulative_work, limit, side="right")), start + 1), n_items)
+        pairs = (items_by_basket[start:stop] @ matrix).tocoo()
+        rows = pairs.row.astype(np.int64) + start
+        cols = pairs.col.astype(np.int64)
+        scores = score_pairs(rows, cols, pairs.data.astype(np.float64))
+        keep = (rows != cols) & (scores > 0)
+        rows, cols, scores = rows[keep], cols[keep], scores[keep]
+        top = top_n_per_row(rows, cols, scores, n)
+        parts.append((rows[top], cols[top], scores[top]))
+        start = stop
+    rows, cols, scores = (np.concatenate([part[i] for part in parts]) for i in range(3))
+    return sp.csr_matrix((scores, (rows, cols)), shape=(n_items, n_items))
+
+
+def pair_counts(matrix: sp.csr_matrix, pattern: sp.csr_matrix, block_rows: int = 2000) -> sp.csr_matrix:
+    """Orders holding both i and j for every stored pair (i, j) of pattern (the reasons' evidence)."""
+    items_by_basket = matrix.T.tocsr()
+    mask = sp.csr_matrix(pattern, copy=True)
+    mask.data[:] = 1.0
+    blocks = []
+    for start in range(0, pattern.shape[0], block_rows):
+        stop = min(start + block_rows, pattern.shape[0])
+        block_mask = mask[start:stop]
+        if block_mask.nnz == 0:
+            blocks.append(sp.csr_matrix(block_mask.shape, dtype=np.float64))
+            continue
+        # Only the columns this block stores are multiplied, so the product stays small.
+        columns = np.unique(block_mask.indices)
+        counts = (items_by_basket[start:stop] @ matrix[:, columns]).tocsr()
+        expanded = sp.csr_matrix((counts.data, columns[counts.indices], counts.indptr), shape=block_mask.shape)
+        blocks.append(sp.csr_matrix(expanded.multiply(block_mask)))
+    result = sp.vstack(blocks).tocsr()
+    result.data = np.rint(result.data)
+    return result.astype(np.int64)
+
+
+class NeighbourCandidate(BaseEstimator):
+    """Shared fit and scoring of every candidate; subclasses say how item-item scores are made."""
+
+    name = "base"
+
+    def _neighbour_matrix(self, matrix, basket_times):
+        """Unscaled item x item neighbour scores, pruned to n_neighbours per row (subclasses)."""
+        raise NotImplementedError
+
+    def fit(self, baskets, basket_times=None):
+        """Learn the neighbour lists, their scale, the popularity list and the blend weight."""
+        matrix = binary_baskets(baskets)
+        n_baskets, n_items = matrix.shape
+        if self.n_neighbours < 1 or self.n_popular < 1 or self.max_cart_items < 1:
+            raise InvalidCandidateInputError("n_neighbours, n_popular and max_cart_items must be >= 1")
+        if basket_times is not None:
+            basket_times = np.asarray(basket_times, dtype=float)
+            if basket_times.shape != (n_baskets,):
+                raise InvalidCandidateInputError("basket_times must hold one float per basket")
+        self.n_items_ = n_items
+        self.item_counts_ = np.asarray(matrix.sum(axis=0)).ravel().astype(np.int64)
+        half_life = self.popularity_half_life_days if basket_times is not None else None
+        weights = decay_weights(basket_times if basket_times is not None else np.zeros(n_baskets), half_life)
+        popularity = np.asarray(matrix.T @ weights).ravel() / weights.sum()
+        self.popularity_ = popularity
+        order = np.lexsort((np.arange(n_items), -popularity))[: self.n_popular]
+        self.popular_items_ = order
+        self.popular_scores_ = popularity[order] / max(float(popularity.max()), 1e-12)
+        raw = prune_rows(self._neighbour_matrix(matrix, basket_times), self.n_neighbours)
+        self.scale_, self.popularity_weight_ = self._scale_and_weight(raw, popularity)
+        self.scores_ = sp.csr_matrix(raw / self.scale_)
+        self.informativeness_ = np.asarray(self.scores_.sum(axis=1)).ravel()
+        return self
+
+    def _scale_and_weight(self, raw, popularity):
+        """(scale, beta): the typical strongest neighbour score, and the popularity weight on that scale."""
+        row_max = np.asarray(raw.max(axis=1).todense()).ravel()
+        weights = self.item_counts_ * (row_max > 0)
+        scale = float(row_max @ weights / weights.sum()) if weights.sum() > 0 else 1.0
+        return (scale if scale > 0 else 1.0), max(float(self.beta), TIE_BREAK_WEIGHT)
+
+    @property
+    def cart(self) -> CartScoring:
+        """How a cart is scored, under the name crosssell.recommend_for_cart and serving read."""
+        check_is_fitted(self, "scores_")
+        return CartScoring(popularity_weight=self.popularity_weight_, max_cart_items=self.max_cart_items,
+                           n_popular=self.n_popular)
+
+    def neighbours(self, item: int, n: int = 10):
+        """(items, scores) of the n best neighbours of one item, best first (ties: lower index)."""
+        check_is_fitted(self, "scores_")
+        if not 0 <= int(item) < self.n_items_:
+            raise InvalidCandidateInputError(f"item {item} is outside 0..{self.n_items_ - 1}")
+        start, stop = self.scores_.indptr[item], self.scores_.indptr[item + 1]
+        items, scores = self.scores_.indices[start:stop], self.scores_.data[start:stop]
+        order = np.lexsort((items, -scores))[:n]
+        return items[order], scores[order]
+
+    def neighbor_list(self, item: int):
+        """(items, scores) of an item's whole stored row (the name crosssell.py reads)."""
+        return self.neighbours(item, self.n_neighbours)
+
+    def top_neighbours(self, n: int) -> sp.csr_matrix:
+        """Every item's n best neighbours at once, as a sparse items x items matrix."""
+        check_is_fitted(self, "scores_")
+        return prune_rows(self.scores_, n)
+
+    def cart_matrix(self, carts: sp.csr_matrix) -> sp.csr_matrix:
+        """Carts (rows) cut to their max_cart_items most informative items, as serving does."""
+        coo = sp.coo_matrix(carts)
+        rows, cols = coo.row.astype(np.int64), coo.col.astype(np.int64)
+        # Informativeness first, then the lower index: the order crosssell.select_cart_items uses.
+        top = top_n_per_row(rows, cols, self.informativeness_[cols], self.max_cart_items)
+        data = np.ones(top.size, dtype=np.float64)
+        return sp.csr_matrix((data, (rows[top], cols[top])), shape=carts.shape)
+
+    def cart_evidence(self, carts: sp.csr_matrix) -> sp.csr_matrix:
+        """Summed neighbour scores of many carts at once (carts x items, without the popularity part)."""
+        check_is_fitted(self, "scores_")
+        return sp.csr_matrix(self.cart_matrix(carts) @ self.scores_)
+
+    def score_cart(self, item_indices) -> np.ndarray:
+        """Scores over all items for one cart (cart items included; callers exclude them)."""
+        check_is_fitted(self, "scores_")
+        cart = np.unique(np.asarray(item_indices, dtype=np.int64))
+        carts = sp.csr_matrix((np.ones(cart.size), (np.zeros(cart.size, np.int64), cart)), shape=(1, self.n_items_))
+        scores = np.asarray(self.cart_evidence(carts).todense()).ravel()
+        scores[self.popular_items_] += self.popularity_weight_ * self.popular_scores_
+        return scores
+
+    def describe(self) -> dict:
+        """name and hyper-parameters that matter, for run metrics and tables."""
+        params = {key: value for key, value in self.get_params().items() if key in self.reported_params}
+        return {"name": self.name, "params": params}
+
+    reported_params = ("beta",)
+
+
+class CoPurchaseCandidate(NeighbourCandidate):
+    """The current excess-over-chance co-purchase model (cooccurrence.CoPurchaseModel), wrapped.
+
+    beta=None keeps its own prior exactly: popularity shares with weight 1 on unscaled scores.
+    """
+
+    name = "co_purchase"
+    reported_params = ("beta",)
+
+    def __init__(self, beta=None, n_neighbours=50, n_popular=200, max_cart_items=20,
+                 popularity_half_life_days=60.0):
+        self.beta = beta
+        self.n_neighbours = n_neighbours
+        self.n_popular = n_popular
+        self.max_cart_items = max_cart_items
+        self.popularity_half_life_days = popularity_half_life_days
+
+    def _neighbour_matrix(self, matrix, basket_times):
+        model = CoPurchaseModel(n_neighbors=self.n_neighbours, cart=CartScoring(n_popular=self.n_popular),
+                                popularity_half_life_days=self.popularity_half_life_days)
+        self.model_ = model.fit(matrix, basket_times)
+        return model.scores_
+
+    def _scale_and_weight(self, raw, popularity):
+        if self.beta is None:
+            return 1.0, float(popularity.max())
+        return super()._scale_and_weight(raw, popularity)
+
+
+class ConditionalProbabilityCandidate(NeighbourCandidate):
+    """P(j | i) = c_ij / (c_i + shrinkage): how often j is in the orders that hold i."""
+
+    name = "conditional_probability"
+    reported_params = ("beta", "shrinkage")
+
+    def __init__(self, beta=0.0, shrinkage=0.0, n_neighbours=50, n_popular=200, max_cart_items=20,
+                 popularity_half_life_days=60.0):
+        self.beta = beta
+        self.shrinkage = shrinkage
+        self.n_neighbours = n_neighbours
+        self.n_popular = n_popular
+        self.max_cart_items = max_cart_items
+        self.popularity_half_life_days = popularity_half_life_days
+
+    def _neighbour_matrix(self, matrix, basket_times):
+        counts = np.asarray(matrix.sum(axis=0)).ravel().astype(np.float64)
+        return blocked_pair_scores(matrix, lambda rows, cols, together: together / (counts[rows] + self.shrinkage),
+                                   self.n_neighbours)
+
+
+class ImplicitKNNCandidate(NeighbourCandidate):
+    """Item kNN of the implicit package: cosine (CosineRecommender) or BM25 (BM25Recommender)."""
+
+    reported_params = ("beta", "weighting")
+
+    def __init__(self, weighting="cosine", beta=0.0, n_neighbours=50, n_popular=200, max_cart_items=20,
+                 popularity_half_life_days=60.0, bm25_k1=1.2, bm25_b=0.75):
+        self.weighting = weighting
+        self.beta = beta
+        self.n_neighbours = n_neighbours
+        self.n_popular = n_popular
+        self.max_cart_items = max_cart_items
+        self.popularity_half_life_days = popularity_half_life_days
+        self.bm25_k1 = bm25_k1
+        self.bm25_b = bm25_b
+
+    @property
+    def name(self):
+        return f"knn_{self.weighting}"
+
+    def _neighbour_matrix(self, matrix, basket_times):
+        return implicit_similarity(matrix, self.weighting, self.n_neighbours + 1, self.bm25_k1, self.bm25_b)
+
+
+def implicit_similarity(matrix, weighting, k, bm25_k1=1.2, bm25_b=0.75, num_threads=0) -> sp.csr_matrix:
+    """implicit's item-item similarity (top k per item, self included) of a baskets x items matrix."""
+    from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+
+    if weighting == "cosine":
+        model = CosineRecommender(K=k, num_threads=num_threads)
+    elif weighting == "bm25":
+        model = BM25Recommender(K=k, K1=bm25_k1, B=bm25_b, num_threads=num_threads)
+    else:
+        raise InvalidCandidateInputError("weighting must be 'cosine' or 'bm25'")
+    model.fit(sp.csr_matrix(matrix, dtype=np.float32), show_progress=False)
+    return model.similarity
+
+
+class EASECandidate(NeighbourCandidate):
+    """EASE (Steck 2019) on the max_items most-sold items; cosine lists for the items beyond them.
+
+    B = I - P / diag(P) with P = (X'X + l2 I)^-1, the closed-form ridge regression of each item on
+    all others with a zero diagonal; a cart's score for j is the sum of B[i, j] over its items.
+    l2 = l2_ratio x the mean order count of the covered items, so one grid fits shops of any size
+    (the learned ``l2_`` is the absolute value).
+    The inverse is a float32 Cholesky (LAPACK potrf/potri): max_items = 4,000 costs 64 MB per
+    matrix and a few seconds; time, not memory, bounds it (10,000 items: ~40 s per fit on 2 cores).
+    """
+
+    name = "ease"
+    reported_params = ("beta", "l2_ratio")
+
+    def __init__(self, l2_ratio=0.3, beta=0.0, max_items=4000, n_neighbours=50, n_popular=200, max_cart_items=20,
+                 popularity_half_life_days=60.0, num_threads=0):
+        self.l2_ratio = l2_ratio
+        self.beta = beta
+        self.max_items = max_items
+        self.n_neighbours = n_neighbours
+        self.n_popular = n_popular
+        self.max_cart_items = max_cart_items
+        self.popularity_half_life_days = popularity_half_life_days
+        self.num_threads = num_threads
+
+    def _neighbour_matrix(self, matrix, basket_times):
+        counts = np.asarray(matrix.sum(axis=0)).ravel()
+        sold = np.flatnonzero(counts > 0)
+        covered = sold[np.lexsort((sold, -counts[sold]))[: self.max_items]]
+        covered.sort()
+        self.ease_items_ = covered
+        self.l2_ = float(self.l2_ratio * counts[covered].mean())
+        weights = ease_weights(matrix[:, covered], self.l2_)
+        block = prune_rows(sp.csr_matrix(weights), self.n_neighbours).tocoo()
+        ease = sp.csr_matrix((block.data, (covered[block.row], covered[block.col])), shape=(matrix.shape[1],) * 2)
+        if covered.size == sold.size:
+            return ease
+        # Items beyond the EASE block: cosine lists, put on EASE's scale (equal typical row maxima).
+        cosine = prune_rows(implicit_similarity(matrix, "cosine", self.n_neighbours + 1,
+                                                num_threads=self.num_threads), self.n_neighbours)
+        outside = np.ones(matrix.shape[1], dtype=bool)
+        outside[covered] = False
+        cosine = sp.csr_matrix(sp.diags(outside.astype(np.float64)) @ cosine)
+        ease_scale = _typical_row_max(ease, counts)
+        cosine_scale = _typical_row_max(cosine, counts)
+        return ease + cosine * (ease_scale / cosine_scale if cosine_scale > 0 else 1.0)
+
+
+def _typical_row_max(matrix, counts) -> float:
+    """Mean of the row maxima, weighted by item counts (rows with no entries left out)."""
+    row_max = np.asarray(matrix.max(axis=1).todense()).ravel()
+    weights = counts * (row_max > 0)
+    return float(row_max @ weights / weights.sum()) if weights.sum() > 0 else 0.0
+
+
+def ease_weights(matrix, l2: float) -> np.ndarray:
+    """EASE's item x item weights B (zero diagonal) for a baskets x items matrix, as float32."""
+    if l2 <= 0:
+        raise InvalidCandidateInputError("l2 must be positive")
+    gram = np.asarray((matrix.T @ matrix).todense(), dtype=np.float32)
+    gram[np.diag_indices_from(gram)] += np.float32(l2)
+    factor, info = lapack.spotrf(gram, lower=1, clean=0, overwrite_a=1)
+    if info != 0:
+        raise InvalidCandidateInputError(f"X'X + l2 I is not positive definite (LAPACK info {info})")
+    inverse, info = lapack.spotri(factor, lower=1, overwrite_c=1)
+    if info != 0:
+        raise InvalidCandidateInputError(f"inverting X'X + l2 I failed (LAPACK info {info})")
+    # potri fills the lower triangle: mirror it, then B = -P / diag(P) column-wise, zero diagonal.
+    upper = np.triu_indices_from(inverse, 1)
+    inverse[upper] = inverse.T[upper]
+    diagonal = np.diag(inverse).copy()
+    inverse /= -diagonal[None, :]
+    np.fill_diagonal(inverse, 0.0)
+    return inverse
+
+
+def default_candidate() -> CoPurchaseCandidate:
+    """What a shop with too little data for a comparison gets: today's co-purchase model and prior."""
+    return CoPurchaseCandidate(beta=None)

@@ -1,0 +1,123 @@
+"""Unit tests for the candidate cart models: exact small answers and the served-scoring contract."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from services.recommend import evaluation
+from services.recommend.candidates import (
+    CoPurchaseCandidate,
+    ConditionalProbabilityCandidate,
+    EASECandidate,
+    ImplicitKNNCandidate,
+    InvalidCandidateInputError,
+    ease_weights,
+    pair_counts,
+    prune_rows,
+)
+from services.recommend.crosssell import recommend_for_cart
+from services.recommend.selection import evaluate_fitted
+
+# Four baskets over four items: 0 and 1 go together, 2 is alone twice, 3 with 0 once.
+BASKETS = sp.csr_matrix(np.array([
+    [1, 1, 0, 0],
+    [1, 1, 0, 1],
+    [0, 0, 1, 0],
+    [0, 1, 1, 0],
+], dtype=np.float32))
+
+
+def test_conditional_probability_is_the_share_of_the_anchor_orders():
+    model = ConditionalProbabilityCandidate(beta=0.0).fit(BASKETS)
+    raw = model.scores_.toarray() * model.scale_
+    # P(1 | 0) = 2/2, P(3 | 0) = 1/2, P(0 | 1) = 2/3, P(2 | 1) = 1/3, P(1 | 2) = 1/2, P(0 | 3) = P(1 | 3) = 1
+    expected = np.array([[0, 1, 0, 0.5], [2 / 3, 0, 1 / 3, 1 / 3], [0, 0.5, 0, 0], [1, 1, 0, 0]])
+    np.testing.assert_allclose(raw, expected, rtol=1e-6)
+    items, scores = model.neighbours(1, 2)
+    np.testing.assert_array_equal(items, [0, 2])  # 2 and 3 tie at 1/3: the lower index first
+
+
+def test_scale_is_the_count_weighted_mean_of_row_maxima():
+    model = ConditionalProbabilityCandidate(beta=0.0).fit(BASKETS)
+    # Row maxima 1, 2/3, 1/2, 1 weighted by item counts 2, 3, 2, 1.
+    assert model.scale_ == pytest.approx((2 * 1 + 3 * 2 / 3 + 2 * 0.5 + 1 * 1) / 8)
+    assert model.popular_scores_[0] == 1.0 and model.popular_items_[0] == 1
+
+
+def test_cosine_and_bm25_come_from_implicit():
+    cosine = ImplicitKNNCandidate(weighting="cosine").fit(BASKETS)
+    raw = cosine.scores_.toarray() * cosine.scale_
+    # cos(0, 1) = 2 / sqrt(2 * 3); cos(0, 3) = 1 / sqrt(2); cos(1, 2) = 1 / sqrt(6)
+    assert raw[0, 1] == pytest.approx(2 / np.sqrt(6), rel=1e-5)
+    assert raw[0, 3] == pytest.approx(1 / np.sqrt(2), rel=1e-5)
+    assert raw[1, 2] == pytest.approx(1 / np.sqrt(6), rel=1e-5)
+    assert raw[0, 2] == 0.0
+    bm25 = ImplicitKNNCandidate(weighting="bm25").fit(BASKETS)
+    # BM25's idf of a basket is log(4 items) - log(1 + its size): the 3-item basket weighs 0, so the
+    # pairs it alone holds (0-3, 1-3) vanish, while 0-1 (also in basket 0) and 1-2 stay.
+    assert {(int(i), int(j)) for i, j in zip(*bm25.scores_.nonzero())} == {(0, 1), (1, 0), (1, 2), (2, 1)}
+
+
+def test_ease_matches_the_closed_form():
+    l2 = 0.5
+    gram = (BASKETS.T @ BASKETS).toarray().astype(float) + l2 * np.eye(4)
+    inverse = np.linalg.inv(gram)
+    expected = -inverse / np.diag(inverse)[None, :]
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(ease_weights(BASKETS, l2), expected, rtol=1e-4, atol=1e-6)
+    model = EASECandidate(l2_ratio=l2 / 2.0).fit(BASKETS)  # mean count of the 4 items is 2
+    raw = model.scores_.toarray() * model.scale_
+    np.testing.assert_allclose(raw, np.where(expected > 0, expected, 0.0), rtol=1e-4, atol=1e-6)
+
+
+def test_ease_items_beyond_the_cap_get_cosine_lists():
+    model = EASECandidate(l2_ratio=0.2, max_items=2).fit(BASKETS)
+    np.testing.assert_array_equal(model.ease_items_, [0, 1])  # the two most sold (1: 3 orders; 0 ties 2: lower)
+    # Items 2 and 3 are outside EASE: their lists are cosine's.
+    assert set(model.scores_[3].indices) == {0, 1}
+    assert set(model.scores_[2].indices) == {1}
+    assert set(model.scores_[0].indices) <= {1}  # an EASE row only holds EASE items
+
+
+def test_co_purchase_with_beta_none_is_todays_model():
+    data = evaluation.synthetic_strong_pairs(n_baskets=800, random_state=1)
+    model = CoPurchaseCandidate(beta=None).fit(data["baskets"], data["times"])
+    assert model.scale_ == 1.0
+    np.testing.assert_allclose(model.scores_.toarray(), model.model_.scores_.toarray())
+    assert model.popularity_weight_ == pytest.approx(model.model_.popularity_.max())
+
+
+def test_vectorised_evaluation_equals_the_served_merge():
+    data = evaluation.synthetic_long_tail(n_baskets=3000, n_items=300, random_state=4)
+    train, times, cases = evaluation.split_and_cases(data["baskets"], data["times"])
+    for model in (EASECandidate(l2_ratio=0.3, beta=1.0, max_items=150), CoPurchaseCandidate(beta=None)):
+        model.fit(train, times)
+        served = evaluation.evaluate_cart_recommender(lambda cart, k: recommend_for_cart(model, cart, k)[0], cases)
+        (_weight, hit_rate, ndcg), = evaluate_fitted(model, cases)
+        assert hit_rate == pytest.approx(served["hit_rate"])
+        assert ndcg == pytest.approx(served["ndcg"])
+
+
+def test_score_cart_sums_the_rows_and_the_popularity_blend():
+    model = ConditionalProbabilityCandidate(beta=2.0).fit(BASKETS)
+    scores = model.score_cart([0, 3])
+    expected = model.scores_[0].toarray().ravel() + model.scores_[3].toarray().ravel()
+    expected[model.popular_items_] += 2.0 * model.popular_scores_
+    np.testing.assert_allclose(scores, expected)
+
+
+def test_pair_counts_of_stored_pairs_and_pruning():
+    pattern = sp.csr_matrix(np.array([[0, 1, 1, 0], [1, 0, 0, 1], [0, 0, 0, 0], [1, 0, 0, 0]], dtype=float))
+    counts = pair_counts(BASKETS, pattern).toarray()
+    np.testing.assert_array_equal(counts, [[0, 2, 0, 0], [2, 0, 0, 1], [0, 0, 0, 0], [1, 0, 0, 0]])
+    pruned = prune_rows(sp.csr_matrix(np.array([[5.0, 1.0, 3.0, 3.0]])), 2)
+    np.testing.assert_array_equal(pruned.indices, [2, 3])  # the diagonal (5) is dropped, ties by lower index
+
+
+def test_invalid_input_raises():
+    with pytest.raises(InvalidCandidateInputError):
+        ConditionalProbabilityCandidate().fit(np.ones((2, 2)))
+    with pytest.raises(InvalidCandidateInputError):
+        ImplicitKNNCandidate(weighting="jaccard").fit(BASKETS)
+    with pytest.raises(InvalidCandidateInputError):
+        ease_weights(BASKETS, 0.0)

@@ -1,0 +1,135 @@
+"""Unit tests for per-shop model selection: the split, and the right candidate winning on clear shapes."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from services.recommend.candidates import CoPurchaseCandidate, EASECandidate
+from services.recommend.evaluation import split_and_cases, time_ordered_split
+from services.recommend.selection import (
+    SelectionSettings,
+    candidate_from_row,
+    sampled_cases,
+    select_model,
+    validation_split,
+)
+
+
+def rows_to_csr(rows, n_items):
+    indptr = np.concatenate([[0], np.cumsum([len(row) for row in rows])])
+    matrix = sp.csr_matrix((np.ones(indptr[-1]), np.concatenate(rows), indptr), shape=(len(rows), n_items))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def complement_shop(n_baskets=3000, n_groups=60, n_noise=40, seed=0):
+    """Groups of three items bought together, plus one unrelated item per basket: popularity is noise."""
+    rng = np.random.default_rng(seed)
+    group_weight = 1.0 / np.arange(1, n_groups + 1) ** 0.5
+    noise_weight = 1.0 / np.arange(1, n_noise + 1) ** 1.2
+    rows = []
+    for _ in range(n_baskets):
+        group = rng.choice(n_groups, p=group_weight / group_weight.sum())
+        members = 3 * group + rng.choice(3, size=rng.integers(2, 4), replace=False)
+        noise = 3 * n_groups + rng.choice(n_noise, p=noise_weight / noise_weight.sum())
+        rows.append(np.unique(np.append(members, noise)))
+    return rows_to_csr(rows, 3 * n_groups + n_noise), np.sort(rng.uniform(0, 100, n_baskets))
+
+
+def staple_shop(n_baskets=3000, n_items=80, seed=0):
+    """Independent draws from a steep popularity: there is nothing but popularity to learn."""
+    rng = np.random.default_rng(seed)
+    weight = 1.0 / np.arange(1, n_items + 1) ** 1.3
+    rows = [np.unique(rng.choice(n_items, size=rng.integers(2, 6), p=weight / weight.sum())) for _ in range(n_baskets)]
+    return rows_to_csr(rows, n_items), np.sort(rng.uniform(0, 100, n_baskets))
+
+
+def test_validation_split_is_the_last_fifth_by_time():
+    times = np.array([5.0, 1.0, 4.0, 2.0, 3.0, 9.0, 8.0, 7.0, 6.0, 0.0])
+    fit_idx, validation_idx = validation_split(times, 0.2)
+    np.testing.assert_array_equal(validation_idx, [6, 5])  # days 8 and 9
+    assert times[fit_idx].max() < times[validation_idx].min()
+
+
+def test_cases_hide_every_item_of_2_plus_baskets_and_sample_with_a_seed():
+    baskets = rows_to_csr([np.array([0, 1, 2]), np.array([3]), np.array([1, 4])], 5)
+    cases = sampled_cases(baskets, [0, 1, 2], max_cases=100)
+    assert [(case.basket_index, case.hidden_item, case.cart_items.tolist()) for case in cases] == [
+        (0, 0, [1, 2]), (0, 1, [0, 2]), (0, 2, [0, 1]), (2, 1, [4]), (2, 4, [1])]
+    sample = sampled_cases(baskets, [0, 1, 2], max_cases=2, seed=7)
+    assert len(sample) == 2 and [c.hidden_item for c in sample] == [c.hidden_item for c in
+                                                                    sampled_cases(baskets, [0, 1, 2], 2, seed=7)]
+
+
+def test_selection_never_sees_the_evaluation_holdout():
+    baskets, times = complement_shop(n_baskets=1500)
+    # Replace every held-out basket (the last 20 %) by one junk pair: the choice must not move.
+    _train_idx, test_idx = time_ordered_split(times, 0.8)
+    junk = baskets.tolil()
+    for row in test_idx:
+        junk.rows[row], junk.data[row] = [0, 179], [1.0, 1.0]
+    settings = SelectionSettings(ease_l2_ratios=(0.3,))
+    reports = []
+    for matrix in (baskets, junk.tocsr()):
+        train, train_times, _cases = split_and_cases(matrix, times)
+        reports.append(select_model(train, train_times, settings)[1])
+    for report in reports:
+        report.pop("seconds")  # wall-clock timings differ between the two runs
+    assert reports[0] == reports[1]
+    assert reports[0]["fit_orders"] == 960 and reports[0]["cases"] == 845
+
+
+def test_pure_complements_choose_a_neighbour_model_without_popularity():
+    baskets, times = complement_shop()
+    model, report = select_model(baskets, times)
+    assert report["chosen"]["name"] in ("ease", "knn_cosine", "knn_bm25")
+    assert report["chosen"]["params"]["beta"] <= 0.1
+    assert isinstance(model, EASECandidate) and model.beta == report["chosen"]["params"]["beta"]
+    default_row = report["candidates"][0]
+    assert default_row["params"] == {"beta": None}
+    assert report["chosen"]["hr_at_10"] > default_row["hr_at_10"] + 0.02
+
+
+def test_staples_choose_popularity():
+    baskets, times = staple_shop()
+    model, report = select_model(baskets, times)
+    # Popularity is all there is to learn: the choice is today's popularity-led model or a heavy blend.
+    assert model.beta is None or model.beta >= 8.0
+    assert report["chosen"]["hr_at_10"] >= max(row["hr_at_10"] for row in report["candidates"]) - 0.01
+    _model, strict = select_model(baskets, times, SelectionSettings(default_margin_se=0.0))
+    assert strict["chosen"]["params"]["beta"] >= 8.0
+
+
+def test_too_few_cases_keep_the_default_and_say_so():
+    baskets, times = staple_shop(n_baskets=300)
+    model, report = select_model(baskets, times)
+    assert isinstance(model, CoPurchaseCandidate) and model.beta is None
+    assert report["candidates"] == [] and report["cases"] < 200
+    assert report["reason"] == f"kept the default model: {report['cases']} validation cases, fewer than the 200 a comparison needs"
+
+
+def test_a_report_row_rebuilds_its_candidate():
+    candidate = candidate_from_row({"name": "ease", "params": {"beta": 2.0, "l2_ratio": 0.3}})
+    assert isinstance(candidate, EASECandidate) and candidate.beta == 2.0 and candidate.l2_ratio == 0.3
+    with pytest.raises(ValueError):
+        candidate_from_row({"name": "svd", "params": {}})
+
+
+def test_cases_scored_in_batches_give_the_figures_of_one_batch(monkeypatch):
+    import services.recommend.selection as selection
+
+    baskets, times = complement_shop(n_baskets=800)
+    cases = sampled_cases(baskets, np.arange(600, 800), max_cases=500)
+    model = EASECandidate(beta=1.0).fit(baskets[:600], times[:600])
+    whole = selection.evaluate_fitted(model, cases, [0.0, 1.0])
+    monkeypatch.setattr(selection, "CASES_PER_BATCH", 7)
+    batched = selection.evaluate_fitted(model, cases, [0.0, 1.0])
+    assert np.allclose(np.array(batched), np.array(whole)) and whole[0][1] == 0.922
+
+
+def test_selection_can_be_switched_off():
+    baskets, times = complement_shop(n_baskets=1500)
+    model, report = select_model(baskets, times, SelectionSettings.from_config({"MODEL_SELECTION": False}))
+    assert isinstance(model, CoPurchaseCandidate) and model.beta is None
+    assert report["reason"] == "kept the default model: model selection is disabled (MODEL_SELECTION)"
