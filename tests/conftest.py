@@ -133,13 +133,16 @@ def segmentation_app(app_config):
 @pytest.fixture
 def recommend_app(app_config):
     from services.recommend.app import create_app
-    from services.recommend.views.recommendations import recommender
+    from services.recommend.views.recommendations import experiments, recommender
 
     app = create_app(app_config)
-    # The web tier caches the model version and promotions per process; each test has its own Redis prefix.
+    # The web tier caches the model version, promotions and running experiments per process; each test has
+    # its own Redis prefix and database contents.
     recommender.reset()
+    experiments.reset()
     yield app
     recommender.reset()
+    experiments.reset()
 
 
 @pytest.fixture

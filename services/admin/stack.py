@@ -19,7 +19,7 @@ from shared.config import REPO_ROOT, load_config
 from shared.redis_server import resolve_redis
 
 DEMO_KEYS = {
-    "demo-storefront": "recs:read",
+    "demo-storefront": "recs:read,feedback:write",
     "demo-ops": "segments:read,segments:export",
     "demo-marketing": "campaigns:write,segments:read",
     "demo-ingest": "ingest:write",

@@ -1,0 +1,122 @@
+"""The fast path of storefront feedback: validated events and served answers are appended to Redis Streams.
+
+POST /v1/feedback appends one stream entry per request (the request's accepted events as one JSON
+array) and answers 202; serving appends one entry per answer to the served log (recommendation_id,
+surface, model version, variant). A Celery consumer group (services/pipeline/feedback.py) drains both
+into the database. Nothing here touches the database, so a request costs one Redis round trip.
+
+The feedback stream is bounded: entries are deleted once the consumer has committed them, so its
+length is what is still to be stored; past FEEDBACK_STREAM_MAX_LENGTH a Lua script refuses the append
+(atomically with the length check) and the endpoint answers 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import orjson
+import redis
+
+from shared.extensions import redis_store
+from shared.ingest import utcnow
+
+log = logging.getLogger("segrec.feedback")
+
+FEEDBACK_STREAM = ("feedback", "events")
+SERVED_STREAM = ("feedback", "served")
+CONSUMER_GROUP = "segrec-feedback"
+EVENT_TYPES = ("impression", "click", "add_to_cart")
+SURFACES = ("bought_together", "bundles", "cart", "for_you", "campaign")
+
+# KEYS[1] the stream; ARGV[1] the bound, ARGV[2] the payload. Returns the entry id, or false when full.
+_APPEND_IF_ROOM = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
+  return false
+end
+return redis.call('XADD', KEYS[1], '*', 'events', ARGV[2])
+"""
+
+
+class StreamFull(Exception):
+    """The feedback stream holds FEEDBACK_STREAM_MAX_LENGTH entries not yet stored: try again later."""
+
+
+def stream_key(stream: tuple[str, str]) -> str:
+    """The Redis key of a stream under the configured prefix."""
+    return redis_store.key(*stream)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def event_payload(event: dict) -> dict:
+    """A validated event as the stream carries it (times as ISO 8601 UTC strings)."""
+    return {
+        "event_id": event["event_id"],
+        "type": event["type"],
+        "recommendation_id": event.get("recommendation_id"),
+        "customer_id": event.get("customer_id"),
+        "session_id": event.get("session_id"),
+        "sku": event.get("sku"),
+        "skus": event.get("skus"),
+        "occurred_at": _iso(event["occurred_at"]),
+    }
+
+
+class FeedbackWriter:
+    """Appends accepted events to the feedback stream (one entry per request)."""
+
+    def __init__(self) -> None:
+        self._script = None
+        self._script_client = None
+
+    def append(self, events: list[dict], max_length: int) -> str:
+        """Append the events as one entry; raises StreamFull when the stream is at its bound."""
+        client = redis_store.client
+        if self._script is None or self._script_client is not client:
+            self._script = client.register_script(_APPEND_IF_ROOM)
+            self._script_client = client
+        payload = orjson.dumps([event_payload(event) for event in events])
+        entry_id = self._script(keys=[stream_key(FEEDBACK_STREAM)], args=[max_length, payload])
+        if entry_id is None:
+            raise StreamFull()
+        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+
+
+def record_served(answer: dict, surface: str, served: ServedContext, max_length: int) -> None:
+    """Log a served answer (one XADD, trimmed approximately); a Redis error never fails the request."""
+    record = {
+        "recommendation_id": answer["recommendation_id"],
+        "surface": surface,
+        "model_version": answer.get("model_version"),
+        "variant": served.variant,
+        "experiment_id": served.experiment_id,
+        "customer_id": served.customer_id,
+        "session_id": served.session_id,
+        "served_at": utcnow().isoformat(),
+    }
+    try:
+        redis_store.client.xadd(stream_key(SERVED_STREAM), {"served": orjson.dumps(record)},
+                                maxlen=max_length, approximate=True)
+    except redis.RedisError as error:
+        log.warning("served answer not logged: %s", error)
+
+
+class ServedContext:
+    """Who an answer was served to and under which experiment variant."""
+
+    __slots__ = ("customer_id", "session_id", "variant", "experiment_id")
+
+    def __init__(self, customer_id: str | None = None, session_id: str | None = None, variant: str = "current",
+                 experiment_id: str | None = None) -> None:
+        self.customer_id = customer_id
+        self.session_id = session_id
+        self.variant = variant
+        self.experiment_id = experiment_id
+
+    @property
+    def unit(self) -> str | None:
+        """The id experiments assign by: the customer, else the session."""
+        return self.customer_id or self.session_id
