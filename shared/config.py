@@ -81,6 +81,9 @@ DEFAULTS: dict[str, object] = {
     "FEEDBACK_RETRY_AFTER_SECONDS": 5,
     # The served-answers log is trimmed (approximately) to this many entries if no consumer drains it.
     "SERVED_STREAM_MAX_LENGTH": 1_000_000,
+    # A web worker sends served-answer records this many at a time, or after this long (1: one XADD per answer).
+    "SERVED_LOG_BATCH": 32,
+    "SERVED_LOG_FLUSH_SECONDS": 0.5,
     # The consumer: entries per read, reads per task run, beat interval, and how long an entry may stay
     # pending with a consumer before another consumer takes it over (a dead consumer's entries, XAUTOCLAIM).
     "FEEDBACK_CONSUMER_BATCH": 200,

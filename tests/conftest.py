@@ -120,6 +120,8 @@ def app_config(database_url, redis_url, redis_prefix, tmp_path) -> dict:
         "API_KEY_CACHE_SECONDS": 0,
         "MAX_BATCH_RECORDS": 50,
         "MAX_CONTENT_LENGTH": 64 * 1024,
+        # Served answers are logged at once, so a test sees them in the stream right after its request.
+        "SERVED_LOG_BATCH": 1,
     }
 
 

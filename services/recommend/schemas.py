@@ -8,11 +8,12 @@ from flask import current_app
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 from webargs.fields import DelimitedList
 
-from shared.limits import MAX_STOCK
+from shared.limits import MAX_STOCK, id_problem
 from shared.schemas import Identifier, Money, PastDateTime, RejectedRecordSchema, ScheduledDateTime
 from shared.web import BatchRequestMixin, TolerantList
 
 PROMOTION_KINDS = ("spend_threshold", "free_shipping")
+MAX_CART_QUANTITY = 10_000
 SURFACES_WITH_UNKNOWN = ("bought_together", "bundles", "cart", "for_you", "campaign", "unknown")
 
 
@@ -126,7 +127,30 @@ class BundlesSchema(RecommendationSchema):
 
 class CartLineSchema(Schema):
     sku = Identifier(required=True)
-    quantity = fields.Integer(load_default=1, validate=validate.Range(min=1, max=10_000))
+    quantity = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_CART_QUANTITY))
+
+
+class CartLines(fields.List):
+    """A cart's lines. The common, well-formed body is checked by hand: the nested schema's per-line load
+    was about 15 % of a cart request in the profile. Anything else (a missing sku, a quantity as a string,
+    an unknown key) goes through the nested schema, so errors and coercions are exactly the schema's."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if type(value) is list:
+            lines = []
+            for line in value:
+                if type(line) is not dict or not line.keys() <= {"sku", "quantity"}:
+                    break
+                sku = line.get("sku")
+                quantity = line.get("quantity", 1)
+                if type(sku) is not str or id_problem(sku) is not None:
+                    break
+                if type(quantity) is not int or not 1 <= quantity <= MAX_CART_QUANTITY:
+                    break
+                lines.append({"sku": sku, "quantity": quantity})
+            else:
+                return lines
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class CartRequestSchema(Schema):
@@ -134,7 +158,7 @@ class CartRequestSchema(Schema):
 
     customer_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
     session_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
-    items = fields.List(fields.Nested(CartLineSchema), load_default=list, validate=validate.Length(max=500))
+    items = CartLines(fields.Nested(CartLineSchema), load_default=list, validate=validate.Length(max=500))
     limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=50))
     category = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=128))
     exclude = fields.List(Identifier(), load_default=list, validate=validate.Length(max=200))

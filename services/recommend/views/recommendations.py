@@ -17,7 +17,7 @@ from services.recommend.schemas import (
     RecommendationSchema,
 )
 from services.recommend.experiments import RunningExperiments, assign_variant
-from services.recommend.feedback import ServedContext, record_served
+from services.recommend.feedback import ServedContext, served_log, served_record
 from services.recommend.serving import Recommender, Request
 from services.recommend.store import reader
 from shared.web import json_response, require_scope
@@ -45,8 +45,11 @@ def _context(surface: str, customer_id: str | None, session_id: str | None) -> S
 
 
 def _served(answer: dict, surface: str, context: ServedContext):
-    """Log the answer for attribution (one XADD) and send it."""
-    record_served(answer, surface, context, current_app.config["SERVED_STREAM_MAX_LENGTH"])
+    """Log the answer for attribution (buffered, see ServedLog) and send it."""
+    config = current_app.config
+    served_log.configure(config["SERVED_LOG_BATCH"], config["SERVED_LOG_FLUSH_SECONDS"],
+                         config["SERVED_STREAM_MAX_LENGTH"])
+    served_log.append(served_record(answer, surface, context))
     SERVED.labels(surface, context.variant).inc()
     return json_response(answer)
 
