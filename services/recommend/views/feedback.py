@@ -44,8 +44,11 @@ class Feedback(MethodView):
                     "details": {"retry_after_seconds": int(retry_after)}}}, status=503)
                 response.headers["Retry-After"] = retry_after
                 return response
+            by_type: dict[str, int] = {}
             for event in events:
-                FEEDBACK_EVENTS.labels(event["type"]).inc()
+                by_type[event["type"]] = by_type.get(event["type"], 0) + 1
+            for kind, count in by_type.items():
+                FEEDBACK_EVENTS.labels(kind).inc(count)
         if rejected:
             FEEDBACK_REJECTED.inc(len(rejected))
         return json_response({"accepted": len(events), "rejected": rejected}, status=202)
