@@ -1,9 +1,10 @@
 """The fast path of storefront feedback: validated events and served answers are appended to Redis Streams.
 
 POST /v1/feedback appends one stream entry per request (the request's accepted events as one JSON
-array) and answers 202; serving appends one entry per answer to the served log (recommendation_id,
-surface, model version, variant). A Celery consumer group (services/pipeline/feedback.py) drains both
-into the database. Nothing here touches the database, so a request costs one Redis round trip.
+array) and answers 202; serving adds one entry per answer to the served log (recommendation_id,
+surface, model version, variant), sent by each web worker in pipelined batches (ServedLog). A Celery
+consumer group (services/pipeline/feedback.py) drains both into the database. Nothing here touches the
+database: a feedback request costs one Redis round trip, a served answer a share of one.
 
 The feedback stream is bounded: entries are deleted once the consumer has committed them, so its
 length is what is still to be stored; past FEEDBACK_STREAM_MAX_LENGTH a Lua script refuses the append
