@@ -3,8 +3,8 @@
 Every value can be overridden from the environment so one file serves development and production.
 """
 
-import multiprocessing
 import os
+import shutil
 
 # numpy's BLAS thread pools would spin in every worker and fight over the cores; the web tier's
 # numpy work is small per request, so one thread each is faster.
@@ -15,7 +15,8 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8002")
 # Serving is short CPU work (lists are cached in the worker), so one single-threaded process per core
 # measured best: threads add GIL contention and long latency tails (tests/perf/bench_serving.py:
 # 2x1 gave p99 15 ms for bought-together where 4x4 gave 58 ms on this 2-core machine).
-workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count()))
+# Two unless told: a container sees the host's cores, not its own limit, so a core count would overshoot.
+workers = int(os.environ.get("GUNICORN_WORKERS", 2))
 threads = int(os.environ.get("GUNICORN_THREADS", 1))
 worker_class = "gthread" if threads > 1 else "sync"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", 60))
@@ -23,8 +24,42 @@ graceful_timeout = 20
 keepalive = 5
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", 0))
 max_requests_jitter = 100
-accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
-errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
+# Access and error logs as JSON lines on stdout, with the request id (shared/logs.py); the access log is on.
+accesslog = "-"
+errorlog = "-"
+logconfig_dict = {}
+try:
+    from shared.logs import logging_config
+
+    logconfig_dict = logging_config(loglevel)
+except ImportError:  # run from outside the project: gunicorn's plain text logs
+    pass
 # Each worker builds its own app (and its own database pool) after the fork.
 preload_app = False
+# The control socket (gunicornc) defaults to one path per user, so two gunicorns of one user would
+# share it: each gets its own path (GUNICORN_CONTROL_SOCKET, set by `segrec run`), else none.
+control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "")
+control_socket_disable = not control_socket
+
+
+def on_starting(server):
+    """Empty the multiprocess metrics folder: files of a previous run would be summed into this one's."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauges must not be reported any more."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -95,6 +95,16 @@ DEFAULTS: dict[str, object] = {
     # Experiments: the default minimum detectable effect (absolute CTR difference) for the sample size.
     "EXPERIMENT_DEFAULT_MDE": 0.01,
     "EXPERIMENT_CACHE_SECONDS": 5.0,
+    # The console (/console). Its session cookie is signed with SECRET_KEY; when unset, a random key is
+    # generated once into VAR_DIR/console-secret-key (shared by the workers of one machine).
+    "SECRET_KEY": "",
+    "CONSOLE_SESSION_HOURS": 12,
+    # "auto": the cookie is Secure when the request came over https; "true"/"false" force it.
+    "CONSOLE_COOKIE_SECURE": "auto",
+    "CONSOLE_PAGE_SIZE": 50,
+    # Per-run aggregates (R x F grid, counts, transitions) are cached in Redis this long after first use.
+    "CONSOLE_AGGREGATE_TTL_SECONDS": 30 * 86_400,
+    "CONSOLE_LIVE_COUNT_TTL_SECONDS": 60,
 }
 
 

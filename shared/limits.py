@@ -1,7 +1,7 @@
 """What the edge accepts: limits and rules shared by the REST schemas and the CSV importer.
 
 Each limit is written here once; the marshmallow schemas (shared/schemas.py and the services'
-schemas.py) and the importer (shared/importer.py) both read it from here, so a file and a request
+schemas.py) and the importer (shared/ingest/) both read it from here, so a file and a request
 body are judged alike. Time rules read three settings (SHOP_TIMEZONE, MIN_PLAUSIBLE_DATE,
 MAX_FUTURE_SKEW_SECONDS; defaults in shared/config.py) through `TimeRules`.
 """
@@ -22,6 +22,7 @@ MAX_ID_LENGTH = 64
 # "/" cannot be part of an id: ids are path segments (GET /v1/customers/{id}).
 FORBIDDEN_ID_CHARACTERS = "/"
 # Orders.
+ORDER_STATUSES = ("paid", "refunded", "cancelled")
 MAX_ORDER_LINES = 500
 MAX_QUANTITY = 100_000
 # The smallest price that is a price: below one cent an order would be stored as a paid 0.00.

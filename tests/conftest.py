@@ -52,6 +52,10 @@ def postgres_url() -> str:
     name = f"segrec_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
+        # A worker process killed mid-transaction behind a test's TCP proxy can leave its session "idle in
+        # transaction", holding locks that block the next test's TRUNCATE forever; the server ends such
+        # sessions after a minute instead.
+        connection.execute(f'ALTER DATABASE "{name}" SET idle_in_transaction_session_timeout = \'60s\'')
     base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
     url = f"{base}/{name}"
     upgrade(url)

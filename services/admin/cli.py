@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import click
@@ -18,7 +20,21 @@ def _settings() -> dict:
     return config
 
 
+def _version() -> str:
+    """The installed segrec version (the source tree's when not installed)."""
+    try:
+        return metadata.version("segrec")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _iso(value) -> str | None:
+    """A datetime as ISO 8601 (UTC, as stored), or None."""
+    return value.isoformat() if value is not None else None
+
+
 @click.group()
+@click.version_option(version=_version(), prog_name="segrec", message="%(prog)s %(version)s")
 def main() -> None:
     """segrec: customer segmentation and recommendations for e-commerce teams."""
 
@@ -95,7 +111,8 @@ def keys_revoke(key_id: int | None, prefix: str | None) -> None:
 
 
 @keys_group.command("list")
-def keys_list() -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON array (id, prefix, name, scopes, created_at, revoked_at).")
+def keys_list(as_json: bool) -> None:
     """List keys (never the keys themselves)."""
     from sqlalchemy import select
 
@@ -103,9 +120,17 @@ def keys_list() -> None:
 
     _settings()
     with db.session() as session:
-        for row in session.execute(select(ApiKey).order_by(ApiKey.id)).scalars():
-            state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
-            click.echo(f"{row.id}\t{row.key_prefix}\t{row.name}\t{row.scopes}\t{state}")
+        rows = list(session.execute(select(ApiKey).order_by(ApiKey.id)).scalars())
+    if as_json:
+        click.echo(json.dumps([
+            {"id": row.id, "prefix": row.key_prefix, "name": row.name, "scopes": row.scopes.split(","),
+             "created_at": _iso(row.created_at), "revoked_at": _iso(row.revoked_at)}
+            for row in rows
+        ], indent=2))
+        return
+    for row in rows:
+        state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
+        click.echo(f"{row.id}\t{row.key_prefix}\t{row.name}\t{row.scopes}\t{state}")
 
 
 # ---- import and demo ----------------------------------------------------------------------------
@@ -118,16 +143,23 @@ def keys_list() -> None:
 @click.option("--rejects", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write rejected rows with reasons (default: PATH.rejects.csv).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def import_command(kind: str, path: Path, chunk_rows: int, rejects: Path | None, progress: bool) -> None:
-    """Import a CSV history file (columns in the README); importing a file twice changes nothing."""
-    from shared.importer import import_csv
+@click.option("--allow-rejects", is_flag=True,
+              help="Exit 0 even when rows were rejected (they are still written to the rejects file).")
+def import_command(kind: str, path: Path, chunk_rows: int, rejects: Path | None, progress: bool,
+                   allow_rejects: bool) -> None:
+    """Import a CSV history file (columns in the README); importing a file twice changes nothing.
+
+    Exits 1 when any row was rejected (the good rows are stored all the same), unless --allow-rejects.
+    """
+    from shared.ingest import import_csv
 
     config = _settings()
     summary = import_csv(kind, path, db, chunk_rows=chunk_rows, rejects_path=rejects, progress=progress,
                          config=config)
     click.echo(summary.describe())
-    if summary.rejected:
-        sys.exit(0 if summary.accepted else 1)
+    if summary.rejected and not allow_rejects:
+        click.echo(f"{summary.rejected:,} row(s) rejected: exit status 1 (--allow-rejects to accept)", err=True)
+        sys.exit(1)
 
 
 @main.group("demo")
@@ -202,13 +234,24 @@ def runs_group() -> None:
 
 @runs_group.command("list")
 @click.option("--limit", default=20, show_default=True)
-def runs_list(limit: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of runs, newest first.")
+def runs_list(limit: int, as_json: bool) -> None:
     """Newest runs first."""
     from shared.runs import current_run_id, list_runs
 
     _settings()
     current = current_run_id()
-    for run in list_runs(limit):
+    runs = list_runs(limit)
+    if as_json:
+        click.echo(json.dumps([
+            {"run_id": run.run_id, "status": run.status, "current": run.run_id == current, "trigger": run.trigger,
+             "reason": run.reason, "as_of": _iso(run.as_of), "created_at": _iso(run.created_at),
+             "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
+             "published_at": _iso(run.published_at)}
+            for run in runs
+        ], indent=2))
+        return
+    for run in runs:
         marker = "*" if run.run_id == current else " "
         click.echo(f"{marker} {run.run_id}  {run.status:<10} {run.trigger:<9} {run.reason or ''}")
 
@@ -230,6 +273,38 @@ def runs_rollback() -> None:
     click.echo(f"current run is now {to_run} (was {from_run})")
 
 
+@main.command("bootstrap")
+def bootstrap() -> None:
+    """First start of a deployment: an admin key if none is active (printed once), the first retrain if
+    nothing is published and orders exist. Safe to run at every start."""
+    from services.admin.bootstrap import ensure_admin_key, has_orders
+    from services.pipeline.retrain import RetrainInProgress, retrain_now
+    from shared.runs import current_run_id
+
+    config = _settings()
+    _bind_redis(config)
+    outcome = ensure_admin_key(db)
+    if outcome.created:
+        click.echo(f"created admin key {outcome.key_id} 'bootstrap-admin'; store it now, it is not shown again:")
+        click.echo(outcome.raw_key)
+    else:
+        click.echo(f"an active admin key exists (id {outcome.key_id}): none created")
+    if current_run_id() is not None:
+        click.echo(f"run {current_run_id()} is published: first retrain not needed")
+        return
+    if not has_orders(db):
+        click.echo("no orders yet: first retrain skipped (import history, then POST /v1/runs or `segrec retrain`)")
+        return
+    try:
+        run = retrain_now(config)
+    except RetrainInProgress as busy:
+        click.echo(f"run {busy.run_id} is already under way")
+        return
+    click.echo(f"first retrain: run {run.run_id} {run.status}{' (' + run.reason + ')' if run.reason else ''}")
+    if run.status != "published":
+        sys.exit(1)
+
+
 @main.command("run")
 @click.option("--segmentation-port", default=8001, show_default=True)
 @click.option("--recommend-port", default=8002, show_default=True)
@@ -238,4 +313,4 @@ def run_command(segmentation_port: int, recommend_port: int, demo_customers: int
     """The whole stack for local use: Redis, migrations, demo shop, training, both APIs, worker and beat."""
     from services.admin.stack import run_stack
 
-    run_stack(segmentation_port, recommend_port, demo_customers)
+    sys.exit(run_stack(segmentation_port, recommend_port, demo_customers))

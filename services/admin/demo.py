@@ -27,20 +27,22 @@ What is in it, so models have something to find:
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from json.encoder import encode_basestring_ascii
 
 import numpy as np
 from sqlalchemy import select
 from tqdm import tqdm
 
-from shared import bulk
-from shared.ingest import refresh_customer_aggregates, utcnow
+from shared.ingest import bulk
+from shared.ingest.aggregates import refresh_customer_aggregates
+from shared.ingest.columns import CUSTOMER_COLUMNS, EVENT_COLUMNS, PRODUCT_COLUMNS, PROMOTION_COLUMNS
+from shared.ingest.common import utcnow
+from shared.ingest.orders import LineColumns, OrderChunk, chunk_of_orders
+from shared.ingest.records import event_content_key
 from shared.models import Order
 
 # A fixed "today" for the shop: a seed always gives the same shop, whatever the date.
@@ -544,43 +546,27 @@ def _generate_events(block: ShopBlock, rng, as_of_s: int) -> None:
     block.event_at = at
 
 
-# ---- hashing exactly like the REST path ----------------------------------------------------------
+# ---- identities exactly like the REST path ----------------------------------------------------------
 
 
-def block_order_hashes(block: ShopBlock, catalogue: Catalogue) -> tuple[list[str], list[float]]:
-    """Each order's content hash (as shared.ingest.order_content_hash) and total (as order_total)."""
-    bounds = np.searchsorted(block.line_order, np.arange(len(block.order_ids) + 1))
-    sku_json = [encode_basestring_ascii(sku) for sku in catalogue.skus]
-    line_json = [
-        f'[{sku_json[sku]},{quantity},"{price:.2f}"]'
-        for sku, quantity, price in zip(block.line_sku.tolist(), block.line_quantity.tolist(),
-                                        block.line_unit_price.tolist())
-    ]
-    quantities = block.line_quantity.tolist()
-    prices = block.line_unit_price.tolist()
-    hashes, totals = [], []
-    for order, customer in enumerate(block.order_customer.tolist()):
-        start, end = int(bounds[order]), int(bounds[order + 1])
-        placed = _datetime(block.placed_at[order]).isoformat(timespec="seconds")
-        canonical = (
-            f'{{"customer_id":{encode_basestring_ascii(block.customer_ids[customer])},'
-            f'"placed_at":"{placed}","lines":[{",".join(line_json[start:end])}]}}'
-        )
-        hashes.append(hashlib.sha256(canonical.encode()).hexdigest())
-        totals.append(round(sum(quantities[index] * prices[index] for index in range(start, end)), 2))
-    return hashes, totals
+def block_orders(block: ShopBlock, catalogue: Catalogue) -> OrderChunk:
+    """A block's orders and lines as the order writer takes them (hashes and totals from order_identity)."""
+    bounds = np.searchsorted(block.line_order, np.arange(len(block.order_ids) + 1)).astype(np.int64)
+    lines = LineColumns([catalogue.skus[sku] for sku in block.line_sku.tolist()], block.line_quantity,
+                        block.line_unit_price, bounds[:-1], bounds[1:])
+    customer_ids = [block.customer_ids[customer] for customer in block.order_customer.tolist()]
+    placed_micros = np.asarray(block.placed_at, dtype=np.int64) * 1_000_000
+    return chunk_of_orders(list(block.order_ids), customer_ids, placed_micros, list(block.status), lines)
 
 
 def event_keys(block: ShopBlock, catalogue: Catalogue) -> list[str]:
     """Each event's key as shared.ingest.event_key computes it for an event without event_id."""
-    keys = []
-    for customer, kind, sku, at in zip(block.event_customer.tolist(), block.event_type, block.event_sku.tolist(),
-                                       block.event_at.tolist()):
-        sku_text = catalogue.skus[sku] if sku >= 0 else ""
-        occurred = _datetime(at).isoformat(timespec="microseconds")
-        content = f"{block.customer_ids[customer]}|{kind}|{sku_text}|{occurred}"
-        keys.append(hashlib.sha256(content.encode()).hexdigest())
-    return keys
+    return [
+        event_content_key(block.customer_ids[customer], kind, catalogue.skus[sku] if sku >= 0 else None,
+                          _datetime(at))
+        for customer, kind, sku, at in zip(block.event_customer.tolist(), block.event_type,
+                                           block.event_sku.tolist(), block.event_at.tolist())
+    ]
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -648,8 +634,6 @@ def seed_demo_shop(database, customers: int = 2000, seed: int = 7, as_of: dateti
 
 
 def _write_products(connection, catalogue: Catalogue, now: datetime) -> int:
-    columns = ("sku", "name", "category", "price", "cost", "stock", "active", "repeat_purchase", "placeholder",
-               "updated_at")
     rows = [
         (sku, name, category, price, cost, stock, active, repeat, False, now)
         for sku, name, category, price, cost, stock, active, repeat in zip(
@@ -658,26 +642,19 @@ def _write_products(connection, catalogue: Catalogue, now: datetime) -> int:
             catalogue.repeat_purchase.tolist(),
         )
     ]
-    bulk.bulk_write(connection, "products", columns, rows, ["sku"], columns[1:])
+    bulk.bulk_write(connection, "products", PRODUCT_COLUMNS, rows, ["sku"], PRODUCT_COLUMNS[1:])
     return len(rows)
 
 
 def _write_promotions(connection, promotions: list[dict], now: datetime) -> int:
-    columns = ("promotion_id", "kind", "threshold", "discount", "starts_at", "ends_at", "category", "updated_at")
-    rows = [tuple(promotion[name] for name in columns[:-1]) + (now,) for promotion in promotions]
-    bulk.bulk_write(connection, "promotions", columns, rows, ["promotion_id"], columns[1:])
+    rows = [tuple(promotion[name] for name in PROMOTION_COLUMNS[:-1]) + (now,) for promotion in promotions]
+    bulk.bulk_write(connection, "promotions", PROMOTION_COLUMNS, rows, ["promotion_id"], PROMOTION_COLUMNS[1:])
     return len(rows)
 
 
-CUSTOMER_COLUMNS = ("customer_id", "joined_at", "channel", "community_member", "opted_out", "attributes",
-                    "placeholder", "paid_orders", "net_spend", "purchase_days", "updated_at")
-ORDER_COLUMNS = ("order_id", "customer_id", "placed_at", "status", "total", "content_hash", "updated_at")
-LINE_COLUMNS = ("order_id", "line_no", "sku", "quantity", "unit_price")
-EVENT_COLUMNS = ("event_key", "customer_id", "type", "sku", "occurred_at")
-
-
 def _write_block(connection, block: ShopBlock, catalogue: Catalogue, now: datetime, summary: DemoSummary) -> None:
-    hashes, totals = block_order_hashes(block, catalogue)
+    """Customers, then their orders through the one order writer (an order already stored is left as it
+    is), then events."""
     keys = event_keys(block, catalogue)
     postgres = bulk.dialect_of(connection) == "postgresql"
     stamp = _time_formatter(postgres)
@@ -690,20 +667,6 @@ def _write_block(connection, block: ShopBlock, catalogue: Catalogue, now: dateti
             block.opted_out.tolist(), block.archetypes,
         )
     ]
-    orders = [
-        (order_id, block.customer_ids[customer], stamp(placed), status, total, content_hash, now_text)
-        for order_id, customer, placed, status, total, content_hash in zip(
-            block.order_ids, block.order_customer.tolist(), block.placed_at.tolist(), block.status, totals, hashes
-        )
-    ]
-    line_no = _line_numbers(block.line_order)
-    lines = [
-        (block.order_ids[order], number, catalogue.skus[sku], quantity, price)
-        for order, number, sku, quantity, price in zip(
-            block.line_order.tolist(), line_no.tolist(), block.line_sku.tolist(), block.line_quantity.tolist(),
-            block.line_unit_price.tolist(),
-        )
-    ]
     events = [
         (key, block.customer_ids[customer], kind, catalogue.skus[sku] if sku >= 0 else None, stamp(at))
         for key, customer, kind, sku, at in zip(
@@ -711,46 +674,10 @@ def _write_block(connection, block: ShopBlock, catalogue: Catalogue, now: dateti
         )
     ]
     summary.customers += bulk.bulk_write(connection, "customers", CUSTOMER_COLUMNS, customers, ["customer_id"])
-    # Orders already stored (a re-seed) keep their lines: only new orders get lines written.
-    stored = bulk.existing_keys(connection, "orders", "order_id", block.order_ids)
-    if stored:
-        orders = [order for order in orders if order[0] not in stored]
-        lines = [line for line in lines if line[0] not in stored]
-    if postgres:
-        written_orders, written_lines = _pg_orders_and_lines(connection, orders, lines)
-    else:
-        written_orders = bulk.bulk_write(connection, "orders", ORDER_COLUMNS, orders, ["order_id"])
-        written_lines = bulk.bulk_write(connection, "order_lines", LINE_COLUMNS, lines, ["order_id", "line_no"])
-    summary.orders += written_orders
-    summary.order_lines += written_lines
+    written = bulk.write_orders(connection, block_orders(block, catalogue), bulk_load=True)
+    summary.orders += written.created
+    summary.order_lines += written.created_lines
     summary.events += bulk.bulk_write(connection, "events", EVENT_COLUMNS, events, ["event_key"])
-
-
-def _pg_orders_and_lines(connection, orders: list[tuple], lines: list[tuple]) -> tuple[int, int]:
-    """Orders through staging (a re-seed skips existing ones); their lines straight into order_lines
-    with COPY when every order was new, since no line of a just-inserted order can exist yet."""
-    cursor = connection.cursor()
-    try:
-        written = bulk.pg_bulk_write(cursor, "orders", ORDER_COLUMNS, orders, ["order_id"])
-        if written == len(orders):
-            bulk.copy_rows_into(cursor, "order_lines", LINE_COLUMNS, lines)
-            return written, len(lines)
-        # Someone stored some of these orders meanwhile: write lines only for orders inserted here.
-        inserted = set(order[0] for order in orders) - _stored_with_other_stamp(cursor, orders)
-        kept = [line for line in lines if line[0] in inserted]
-        return written, bulk.pg_bulk_write(cursor, "order_lines", LINE_COLUMNS, kept, ["order_id", "line_no"])
-    finally:
-        cursor.close()
-
-
-def _stored_with_other_stamp(cursor, orders: list[tuple]) -> set[str]:
-    """Orders of this list whose stored row was not written by this transaction (other updated_at)."""
-    stamp = orders[0][6]
-    cursor.execute(
-        "SELECT order_id FROM orders WHERE order_id = ANY(%s) AND updated_at <> %s::timestamp",
-        ([order[0] for order in orders], stamp),
-    )
-    return {row[0] for row in cursor.fetchall()}
 
 
 def _time_formatter(postgres: bool):

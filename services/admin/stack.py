@@ -6,6 +6,7 @@ APIs are ready at once, then runs both APIs under gunicorn, a Celery worker and 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 import click
 
 from shared.config import REPO_ROOT, load_config
-from shared.redis_server import resolve_redis
+from shared.redis_server import NoRedisError, resolve_redis
 
 DEMO_KEYS = {
     "demo-storefront": "recs:read,feedback:write",
@@ -32,13 +33,16 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def run_stack(segmentation_port: int = 8001, recommend_port: int = 8002, demo_customers: int = 2000) -> None:
-    """Run everything in the foreground until interrupted."""
+def run_stack(segmentation_port: int = 8001, recommend_port: int = 8002, demo_customers: int = 2000) -> int:
+    """Run everything in the foreground until interrupted; the exit status (non-zero when a process died)."""
     config = load_config()
     var_dir = Path(config["VAR_DIR"])
     var_dir.mkdir(parents=True, exist_ok=True)
-    redis_url, embedded = resolve_redis(config["REDIS_URL"], var_dir)
-    env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=config["DATABASE_URL"])
+    try:
+        redis_url, embedded = resolve_redis(config["REDIS_URL"], var_dir)
+    except NoRedisError as error:
+        raise click.ClickException(str(error)) from error
+    env = dict(os.environ, REDIS_URL=redis_url, DATABASE_URL=config["DATABASE_URL"], VAR_DIR=str(var_dir))
     metrics_dir = var_dir / "prometheus"
     metrics_dir.mkdir(exist_ok=True)
     for stale in metrics_dir.glob("*.db"):
@@ -54,7 +58,7 @@ def run_stack(segmentation_port: int = 8001, recommend_port: int = 8002, demo_cu
         subprocess.run([segrec, "retrain", "--if-none-published"], env=env, check=True)
         processes = _start_processes(env, segmentation_port, recommend_port)
         _print_welcome(keys, segmentation_port, recommend_port, _example_skus(config["DATABASE_URL"]))
-        _wait(processes)
+        return wait_for_processes(processes)
     finally:
         _stop(processes)
         if embedded is not None:
@@ -64,11 +68,12 @@ def run_stack(segmentation_port: int = 8001, recommend_port: int = 8002, demo_cu
 def _create_demo_keys(segrec: str, env: dict) -> dict[str, str]:
     """Revoke the previous run's demo keys and create fresh ones (keys are only ever shown once)."""
     keys = {}
-    listing = subprocess.run([segrec, "keys", "list"], env=env, check=True, capture_output=True, text=True).stdout
-    for line in listing.splitlines():
-        key_id, _prefix, name, _scopes, state = line.split("\t")
-        if name in DEMO_KEYS and state == "active":
-            subprocess.run([segrec, "keys", "revoke", "--id", key_id], env=env, check=True, capture_output=True)
+    listing = subprocess.run([segrec, "keys", "list", "--json"], env=env, check=True, capture_output=True,
+                             text=True).stdout
+    for key in json.loads(listing):
+        if key["name"] in DEMO_KEYS and key["revoked_at"] is None:
+            subprocess.run([segrec, "keys", "revoke", "--id", str(key["id"])], env=env, check=True,
+                           capture_output=True)
     for name, scopes in DEMO_KEYS.items():
         output = subprocess.run(
             [segrec, "keys", "create", "--name", name, "--scopes", scopes],
@@ -80,17 +85,22 @@ def _create_demo_keys(segrec: str, env: dict) -> dict[str, str]:
 
 def _start_processes(env: dict, segmentation_port: int, recommend_port: int) -> list[subprocess.Popen]:
     gunicorn_conf = str(REPO_ROOT / "deploy" / "gunicorn.conf.py")
+    var_dir = Path(env["VAR_DIR"])
     api_env = dict(env, GUNICORN_WORKERS=env.get("GUNICORN_WORKERS", "2"))
-    commands = [
-        [_bin("gunicorn"), "-c", gunicorn_conf, "--bind", f"127.0.0.1:{segmentation_port}",
-         "services.segmentation.app:create_app()"],
-        [_bin("gunicorn"), "-c", gunicorn_conf, "--bind", f"127.0.0.1:{recommend_port}",
-         "services.recommend.app:create_app()"],
+    processes = []
+    for service, port in (("segmentation", segmentation_port), ("recommend", recommend_port)):
+        # One control socket per gunicorn: the default path is per user, so both would share one.
+        service_env = dict(api_env, GUNICORN_CONTROL_SOCKET=str(var_dir / f"gunicorn-{service}.ctl"))
+        command = [_bin("gunicorn"), "-c", gunicorn_conf, "--bind", f"127.0.0.1:{port}",
+                   f"services.{service}.app:create_app()"]
+        processes.append(subprocess.Popen(command, env=service_env, cwd=REPO_ROOT))
+    celery_commands = [
         [_bin("celery"), "-A", "services.pipeline.worker", "worker", "--loglevel", "INFO", "--concurrency", "2"],
         [_bin("celery"), "-A", "services.pipeline.worker", "beat", "--loglevel", "INFO",
-         "--schedule", str(Path(env.get("VAR_DIR", REPO_ROOT / "var")) / "celerybeat-schedule")],
+         "--schedule", str(var_dir / "celerybeat-schedule")],
     ]
-    return [subprocess.Popen(command, env=api_env, cwd=REPO_ROOT) for command in commands]
+    processes.extend(subprocess.Popen(command, env=api_env, cwd=REPO_ROOT) for command in celery_commands)
+    return processes
 
 
 def _example_skus(database_url: str) -> dict[str, str]:
@@ -130,29 +140,35 @@ def _print_welcome(keys: dict[str, str], segmentation_port: int, recommend_port:
         f"  curl -s -H 'Authorization: Bearer {keys['demo-storefront']}' -H 'Content-Type: application/json' "
         f"-d '{{\"items\":[{{\"sku\":\"{examples['tea']}\",\"quantity\":2}}]}}' {rec}/v1/cart/recommendations",
         f"  open {seg}/docs and {rec}/docs",
+        f"Console (看板): {seg}/console  (sign in with a demo key above; demo-admin sees every page)",
         "",
         "Ctrl-C stops everything.",
     ]
     click.echo("\n".join(lines))
 
 
-def _wait(processes: list[subprocess.Popen]) -> None:
-    """Return on Ctrl-C, or when any process exits."""
+def wait_for_processes(processes: list[subprocess.Popen], poll_seconds: float = 0.5) -> int:
+    """Wait until Ctrl-C or SIGTERM (status 0) or until any process exits (status 1: the stack is broken,
+    and the caller stops the others). A process exiting on its own is a failure even with status 0."""
     stop = {"now": False}
 
     def request_stop(_signum, _frame):
         stop["now"] = True
 
-    signal.signal(signal.SIGTERM, request_stop)
+    previous_handler = signal.signal(signal.SIGTERM, request_stop)
     try:
         while not stop["now"]:
             for process in processes:
                 if process.poll() is not None:
-                    click.echo(f"process {process.args[0]} exited with {process.returncode}; stopping", err=True)
-                    return
-            time.sleep(0.5)
+                    click.echo(f"process {' '.join(map(str, process.args[:4]))} exited with {process.returncode}; "
+                               "stopping the others", err=True)
+                    return 1
+            time.sleep(poll_seconds)
     except KeyboardInterrupt:
         pass
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    return 0
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:

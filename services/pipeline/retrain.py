@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import DateTime, String, delete, func, insert, literal, or_, select
 
 from services.recommend.training import publish_version, train_and_stage, warm_cache
+from services.segmentation.console import aggregates as console_aggregates
 from services.segmentation.scoring import CustomerScorer
 from services.segmentation.snapshot import (
     load_customer_frame,
@@ -287,9 +288,22 @@ def step_evaluate_and_publish(run_id: str, config: dict) -> Run:
     publish_version(run_id)
     lock.release(run_id)
     prune_old_runs()
+    precompute_console(run_id, config)
     published = runs.get_run(run_id)
     log.info("run published", extra={"run_id": run_id, "seconds": run_seconds(published)})
     return published
+
+
+def precompute_console(run_id: str, config: dict) -> None:
+    """Cache the console's per-run aggregates now, so no page view pays for them.
+
+    The run is already published: a failure here only means the first page view computes them.
+    """
+    try:
+        console_aggregates.precompute(run_id, runs.get_pointer(runs.PREVIOUS_RUN),
+                                      config["CONSOLE_AGGREGATE_TTL_SECONDS"])
+    except Exception:
+        log.exception("console aggregates not precomputed", extra={"run_id": run_id})
 
 
 def run_seconds(run: Run) -> float | None:

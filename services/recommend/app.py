@@ -11,6 +11,7 @@ from shared.web import (
     register_errors,
     register_extensions,
     register_probes,
+    register_request_id,
     register_request_metrics,
 )
 
@@ -38,6 +39,7 @@ def create_app(config: dict | None = None) -> Flask:
     """Build the recommend app; `config` overrides environment and defaults (tests pass a dict)."""
     app = Flask(__name__)
     register_config(app, config)
+    register_request_id(app)
     register_extensions(app)
     register_auth(app)
     api = create_api(app, "recommend")

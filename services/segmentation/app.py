@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from services.pipeline.celery_app import celery_init_app
+from services.segmentation.console import register_console
 from shared.metrics import register_run_metrics
 from shared.web import (
     create_api,
@@ -13,6 +14,7 @@ from shared.web import (
     register_errors,
     register_extensions,
     register_probes,
+    register_request_id,
     register_request_metrics,
 )
 
@@ -40,12 +42,14 @@ def create_app(config: dict | None = None) -> Flask:
     """Build the segmentation app; `config` overrides environment and defaults (tests pass a dict)."""
     app = Flask(__name__)
     register_config(app, config)
+    register_request_id(app)
     register_extensions(app)
     celery_init_app(app)
     register_auth(app)
     api = create_api(app, "segmentation")
     register_blueprints(api)
     register_probes(app, SERVICE, published_run_exists)
+    register_console(app)
     register_run_metrics(app)
     register_request_metrics(app, SERVICE)
     register_errors(app)

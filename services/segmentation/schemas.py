@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from shared.limits import MAX_ORDER_LINES, MAX_QUANTITY, MIN_UNIT_PRICE
+from shared.limits import MAX_ORDER_LINES, MAX_QUANTITY, MIN_UNIT_PRICE, ORDER_STATUSES
 from shared.schemas import Identifier, Money, PastDateTime, check_attributes, check_id
 from shared.web import BatchRequestMixin, TolerantList
 
-ORDER_STATUSES = ("paid", "refunded", "cancelled")
 EVENT_TYPES = ("view", "add_to_cart", "community_interaction", "follow")
 
 

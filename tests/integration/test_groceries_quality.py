@@ -23,6 +23,11 @@ GROCERIES = TEST_DATA / "groceries.csv"
 BEST_PUBLIC_HIT_RATE = 0.390
 
 
+def sku_of(name: str) -> str:
+    """The item's name as a sku: ids may not contain "/" (as in "fruit/vegetable juice")."""
+    return name.replace("/", "|")
+
+
 def write_import_files(data: dict, train_baskets: np.ndarray, folder) -> tuple:
     """products.csv (flat price 1) and orders.csv (one row per line) for the training baskets."""
     products = folder / "products.csv"
@@ -30,7 +35,7 @@ def write_import_files(data: dict, train_baskets: np.ndarray, folder) -> tuple:
         writer = csv.writer(handle)
         writer.writerow(["sku", "name", "category", "price"])
         for name in data["item_names"]:
-            writer.writerow([name, name, "grocery", "1.00"])
+            writer.writerow([sku_of(name), name, "grocery", "1.00"])
     orders = folder / "orders.csv"
     epoch = datetime(1970, 1, 1)
     with orders.open("w", newline="") as handle:
@@ -42,7 +47,8 @@ def write_import_files(data: dict, train_baskets: np.ndarray, folder) -> tuple:
             order_id = f"m{member}-{day:%Y%m%d}"
             items = data["baskets"].indices[data["baskets"].indptr[basket]:data["baskets"].indptr[basket + 1]]
             for item in items:
-                writer.writerow([order_id, f"m{member}", day.isoformat(sep=" "), data["item_names"][item], 1, "1.00"])
+                writer.writerow([order_id, f"m{member}", day.isoformat(sep=" "), sku_of(data["item_names"][item]), 1,
+                                 "1.00"])
     return products, orders
 
 
@@ -68,7 +74,7 @@ def test_cart_cross_sell_beats_every_public_figure_on_groceries(
 
     client = recommend_app.test_client()
     storefront = make_key("recs:read")
-    names = data["item_names"]
+    names = [sku_of(name) for name in data["item_names"]]
     hits = 0
     for case in cases:
         cart = [{"sku": names[item], "quantity": 1} for item in case.cart_items]

@@ -13,8 +13,7 @@ from sqlalchemy import func, select
 
 from services.admin.cli import main as segrec
 from shared.extensions import db
-from shared.importer import canonical_order_hash, import_csv
-from shared.ingest import order_content_hash
+from shared.ingest import canonical_order_hash, import_csv, order_content_hash
 from shared.models import Customer, Event, Order, OrderLine, Product, Promotion
 
 ORDER_HEADER = ["order_id", "customer_id", "placed_at", "sku", "quantity", "unit_price", "status"]
@@ -269,9 +268,13 @@ def test_import_command_prints_the_summary(database_url, tmp_path):
     path = orders_file(tmp_path, [line("o1"), line("o2", quantity="-1")])
     runner = CliRunner()
     result = runner.invoke(segrec, ["import", "orders", str(path), "--no-progress"], env={"DATABASE_URL": database_url})
-    assert result.exit_code == 0, result.output
+    # A rejected row makes the exit status 1 (the good row is stored all the same) ...
+    assert result.exit_code == 1, result.output
     assert "1 accepted, 1 rejected" in result.output and "rejects.csv" in result.output
-    again = runner.invoke(segrec, ["import", "orders", str(path), "--no-progress"], env={"DATABASE_URL": database_url})
+    # ... unless the operator accepts rejects.
+    again = runner.invoke(segrec, ["import", "orders", str(path), "--no-progress", "--allow-rejects"],
+                          env={"DATABASE_URL": database_url})
+    assert again.exit_code == 0, again.output
     assert "0 created" in again.output and "1 unchanged" in again.output
 
 
@@ -311,9 +314,10 @@ AWKWARD_IDS = ['tea "gold"', "茶-1", "back\\slash", "tab\there", "new\nline", "
 def test_column_quantity_check_matches_the_row_rule():
     import pyarrow as pa
 
-    from shared.importer import MAX_QUANTITY, _parse_quantity_column, parse_whole_number
+    from shared.ingest.rules import parse_quantity_column, parse_whole_number
+    from shared.limits import MAX_QUANTITY
 
-    values, valid = _parse_quantity_column(pa.array(AWKWARD_QUANTITIES))
+    values, valid = parse_quantity_column(pa.array(AWKWARD_QUANTITIES))
     for text, value, ok in zip(AWKWARD_QUANTITIES, values.tolist(), valid.tolist()):
         expected = parse_whole_number(text)
         expected_ok = expected is not None and 1 <= expected <= MAX_QUANTITY
@@ -327,12 +331,14 @@ def test_column_price_checks_match_the_row_rule_and_the_copy_text_is_the_same_nu
 
     import pyarrow as pa
 
-    from shared.importer import MAX_MONEY, _parse_price_column, _price_copy_texts, _two_decimal_texts, parse_number
+    from shared.ingest.order_identity import two_decimal_texts
+    from shared.ingest.rules import parse_number, parse_price_column, price_copy_texts
+    from shared.limits import MAX_MONEY
 
     texts = pa.array(AWKWARD_PRICES)
-    prices, plain = _parse_price_column(texts)
-    copy_texts = _price_copy_texts(texts, prices, plain).to_pylist()
-    two_decimals = _two_decimal_texts(texts, prices).to_pylist()
+    prices, plain = parse_price_column(texts)
+    copy_texts = price_copy_texts(texts, prices, plain).to_pylist()
+    two_decimals = two_decimal_texts(texts, prices).to_pylist()
     for index, text in enumerate(AWKWARD_PRICES):
         expected = parse_number(text)
         ok = bool(0 < prices[index] <= MAX_MONEY)
@@ -344,17 +350,17 @@ def test_column_price_checks_match_the_row_rule_and_the_copy_text_is_the_same_nu
             assert Decimal(copy_texts[index]) == Decimal(repr(expected)), text
     # The padded fast path (every text plain with at most two decimals).
     simple = ["30", "30.5", "4.84", "0.10", "10000000"]
-    simple_prices, _plain = _parse_price_column(pa.array(simple))
-    assert _two_decimal_texts(pa.array(simple), simple_prices).to_pylist() == [f"{float(t):.2f}" for t in simple]
+    simple_prices, _plain = parse_price_column(pa.array(simple))
+    assert two_decimal_texts(pa.array(simple), simple_prices).to_pylist() == [f"{float(t):.2f}" for t in simple]
 
 
 def test_column_time_check_matches_the_row_rule():
     import pyarrow as pa
 
-    from shared.importer import EPOCH, MICROSECOND, DateParser, _parse_timestamp_column
+    from shared.ingest.rules import EPOCH, MICROSECOND, DateParser, parse_timestamp_column
     from shared.limits import TimeRules
 
-    micros, problems = _parse_timestamp_column(pa.array(AWKWARD_TIMES), DateParser(TimeRules(future_skew_seconds=300)))
+    micros, problems = parse_timestamp_column(pa.array(AWKWARD_TIMES), DateParser(TimeRules(future_skew_seconds=300)))
     reference = DateParser(TimeRules(future_skew_seconds=300))
     for index, text in enumerate(AWKWARD_TIMES):
         value, problem = reference.parse(text)
@@ -367,13 +373,14 @@ def test_column_status_and_id_checks_match_the_row_rules():
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from shared.importer import ORDER_STATUSES, _status_column
+    from shared.ingest.rules import status_column
+    from shared.limits import ORDER_STATUSES
 
     raw = ["paid", " refunded ", "", "lost", "Paid", "cancelled"]
-    statuses = _status_column(pa.array(raw), len(raw)).to_pylist()
+    statuses = status_column(pa.array(raw), len(raw)).to_pylist()
     assert statuses == [text.strip() or "paid" for text in raw]
     assert [status in ORDER_STATUSES for status in statuses] == [True, True, True, False, False, True]
-    assert _status_column(None, 2).to_pylist() == ["paid", "paid"]
+    assert status_column(None, 2).to_pylist() == ["paid", "paid"]
     ids = ["", "a", "x" * 64, "x" * 65, "茶" * 64, "茶" * 65]
     assert pc.utf8_length(pa.array(ids)).to_pylist() == [len(value) for value in ids]
 
@@ -382,8 +389,9 @@ def test_column_hashes_and_totals_match_the_rest_functions():
     import numpy as np
     import pyarrow as pa
 
-    from shared.importer import EPOCH, MICROSECOND, _order_hashes, _order_totals
     from shared.ingest import order_total
+    from shared.ingest.order_identity import order_hashes, order_totals
+    from shared.ingest.rules import EPOCH, MICROSECOND
 
     skus = AWKWARD_IDS + ["tea-1", "tea-2", "tea-3"]
     quantities = np.array([1, 2, 100000, 3, 7, 1, 2, 3, 9, 1, 1], dtype=np.int64)
@@ -394,9 +402,9 @@ def test_column_hashes_and_totals_match_the_rest_functions():
     placed = [datetime(2025, 3, 1, 10, 0, 0, 123456), datetime(1969, 12, 31, 23, 59, 59, 999999),
               datetime(999, 1, 1)]
     micros = np.array([(value - EPOCH) // MICROSECOND for value in placed], dtype=np.int64)
-    hashes = _order_hashes(pa.array(customers), micros, pa.array(skus), quantities, prices, pa.array(price_texts),
+    hashes = order_hashes(pa.array(customers), micros, pa.array(skus), quantities, prices, pa.array(price_texts),
                            starts, ends)
-    totals = _order_totals(quantities, prices, starts, ends)
+    totals = order_totals(quantities, prices, starts, ends)
     for order, (start, end) in enumerate(zip(starts, ends)):
         lines = [{"sku": skus[i], "quantity": int(quantities[i]), "unit_price": float(prices[i])}
                  for i in range(start, end)]
@@ -423,7 +431,7 @@ def test_quoted_crlf_and_ragged_files_keep_their_line_numbers(database_url, tmp_
         assert session.get(OrderLine, ("q1", 1)).sku == "tea, green"
     # A plain CRLF file with a row of the wrong width well after the start: the rows before it are
     # read by pyarrow, the rest by the csv module, and every line number is still right.
-    monkeypatch.setattr("shared.importer.ARROW_BLOCK_BYTES", 16_384)  # many blocks, so the switch is mid-file
+    monkeypatch.setattr("shared.ingest.reading.ARROW_BLOCK_BYTES", 16_384)  # many blocks, so the switch is mid-file
     rows = [line(f"r{number}", sku=f"s{number % 5}") for number in range(3000)]
     rows.insert(2500, ["r-short", "c1"])
     ragged = orders_file(tmp_path, rows, name="ragged.csv")
@@ -436,7 +444,7 @@ def test_quoted_crlf_and_ragged_files_keep_their_line_numbers(database_url, tmp_
 def test_refresh_of_every_customer_matches_the_rest_refresh(database_url, tmp_path, monkeypatch):
     from shared.ingest import refresh_customer_aggregates
 
-    monkeypatch.setattr("shared.importer.SMALL_IMPORT_CUSTOMERS", 0)  # take the "refresh everyone" path
+    monkeypatch.setattr("shared.ingest.importer.SMALL_IMPORT_CUSTOMERS", 0)  # take the "refresh everyone" path
     rows = [line(f"o{number}", f"c{number % 4}", f"2025-03-0{1 + number % 3}T10:00:00Z", sku=f"s{number % 3}",
                  unit_price=f"{10 + number}.5", status="refunded" if number % 5 == 0 else "paid")
             for number in range(30)]

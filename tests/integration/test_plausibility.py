@@ -10,8 +10,7 @@ import pytest
 from sqlalchemy import insert, select, update
 
 from shared.extensions import db
-from shared.importer import import_csv
-from shared.ingest import refresh_customer_aggregates
+from shared.ingest import import_csv, refresh_customer_aggregates
 from shared.models import Customer, CustomerScore, Order, OrderLine, Product
 from services.pipeline.retrain import retrain_now
 from tests.factories import AS_OF, add_products, small_shop

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from services.admin.demo import generate_shop  # noqa: E402
 from shared.dbadmin import upgrade  # noqa: E402
 from shared.extensions import db  # noqa: E402
-from shared.importer import import_csv  # noqa: E402
+from shared.ingest import import_csv  # noqa: E402
 
 ADMIN_URL = os.environ.get("SEGREC_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 EPOCH = datetime(1970, 1, 1)

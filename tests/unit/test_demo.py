@@ -14,7 +14,7 @@ from services.admin.demo import (
     KINDS,
     STAPLES,
     ShopBlock,
-    block_order_hashes,
+    block_orders,
     build_catalogue,
     event_keys,
     generate_shop,
@@ -155,7 +155,8 @@ def test_events_are_modest_and_community_members_interact(small_shop):
 def test_hashes_and_event_keys_match_the_rest_path(small_shop):
     shop, block = small_shop
     catalogue = shop.catalogue
-    hashes, totals = block_order_hashes(block, catalogue)
+    orders = block_orders(block, catalogue)
+    hashes, totals = orders.order_hashes, orders.order_totals
     bounds = np.searchsorted(block.line_order, np.arange(len(block.order_ids) + 1))
     for order in range(0, len(block.order_ids), 37):
         lines = [

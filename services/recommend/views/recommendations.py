@@ -20,7 +20,7 @@ from services.recommend.experiments import RunningExperiments, assign_variant
 from services.recommend.feedback import ServedContext, served_log, served_record
 from services.recommend.serving import Recommender, Request
 from services.recommend.store import reader
-from shared.web import json_response, require_scope
+from shared.web import FALLBACKS, RECOMMENDATIONS, json_response, require_scope
 
 blp = Blueprint("recommendations", __name__, url_prefix="/v1", description="Recommendations for the storefront")
 recommender = Recommender(reader)
@@ -28,6 +28,14 @@ experiments = RunningExperiments()
 
 SERVED = Counter("segrec_recommendations_served_total", "Recommendation answers served, by surface and variant",
                  ["surface", "variant"])
+
+
+def answered(kind: str, answer: dict):
+    """Count the answer (and the fallback it used, if any) for the fallback rate, then send it."""
+    RECOMMENDATIONS.labels(kind).inc()
+    if answer.get("fallback"):
+        FALLBACKS.labels(answer["fallback"]).inc()
+    return json_response(answer)
 
 
 def _request(args: dict) -> Request:
@@ -51,7 +59,7 @@ def _served(answer: dict, surface: str, context: ServedContext):
                          config["SERVED_STREAM_MAX_LENGTH"])
     served_log.append(served_record(answer, surface, context))
     SERVED.labels(surface, context.variant).inc()
-    return json_response(answer)
+    return answered(surface, answer)
 
 
 @blp.route("/items/<sku>/bought-together")
@@ -116,4 +124,4 @@ class Popular(MethodView):
     @blp.response(200, RecommendationSchema)
     def get(self, args):
         """Popular items, optionally within a category or a membership tier"""
-        return json_response(recommender.popular(_request(args), args["tier"]))
+        return answered("popular", recommender.popular(_request(args), args["tier"]))

@@ -32,6 +32,7 @@ from services.segmentation.campaigns.build import (
     personal_recommendations,
 )
 from services.segmentation.campaigns.create import (
+    DEFAULT_AUDIENCE,
     CreateOutcome,
     MissingIdempotencyKey,
     create_win_back,
@@ -69,7 +70,7 @@ from shared.statistics import (
 )
 
 __all__ = [
-    "BuildInProgress", "BuildResult", "CSV_COLUMNS", "Candidate", "CreateOutcome", "GROUPS", "GroupTotals",
+    "BuildInProgress", "BuildResult", "CSV_COLUMNS", "Candidate", "CreateOutcome", "DEFAULT_AUDIENCE", "GROUPS", "GroupTotals",
     "MissingIdempotencyKey", "PersonalLists", "SKIP_REASONS", "Selection", "WebhookRetry", "audience_candidates",
     "build_campaign", "build_lock", "campaign_report", "campaign_to_dict", "check_webhook_url", "create_win_back",
     "deliver_webhook_batch", "find_campaign", "forbidden_networks", "get_campaign", "give_up_webhook",
