@@ -13,7 +13,10 @@ from sqlalchemy import select, update
 from shared.errors import DomainError, NotFound
 from shared.models import ApiKey
 
-SCOPES = ("ingest:write", "segments:read", "segments:export", "campaigns:write", "recs:read", "admin")
+SCOPES = (
+    "ingest:write", "segments:read", "segments:export", "campaigns:write", "recs:read", "feedback:write",
+    "analytics:read", "admin",
+)
 KEY_PREFIX = "sgr_"
 
 

@@ -85,6 +85,27 @@ DEFAULTS: dict[str, object] = {
     "WEBHOOK_TIMEOUT_SECONDS": 10.0,
     "WEBHOOK_MAX_ATTEMPTS": 6,
     "WEBHOOK_RETRY_BACKOFF_SECONDS": 10.0,
+    # Storefront feedback (POST /v1/feedback): events per request, and the Redis Stream's bound in entries
+    # (one entry per accepted request); past it the endpoint answers 503 with Retry-After instead of growing.
+    "MAX_FEEDBACK_EVENTS": 500,
+    "FEEDBACK_STREAM_MAX_LENGTH": 100_000,
+    "FEEDBACK_RETRY_AFTER_SECONDS": 5,
+    # The served-answers log is trimmed (approximately) to this many entries if no consumer drains it.
+    "SERVED_STREAM_MAX_LENGTH": 1_000_000,
+    # A web worker sends served-answer records this many at a time, or after this long (1: one XADD per answer).
+    "SERVED_LOG_BATCH": 32,
+    "SERVED_LOG_FLUSH_SECONDS": 0.5,
+    # The consumer: entries per read, reads per task run, beat interval, and how long an entry may stay
+    # pending with a consumer before another consumer takes it over (a dead consumer's entries, XAUTOCLAIM).
+    "FEEDBACK_CONSUMER_BATCH": 200,
+    "FEEDBACK_CONSUMER_MAX_BATCHES": 50,
+    "FEEDBACK_DRAIN_SECONDS": 5.0,
+    "FEEDBACK_CLAIM_IDLE_SECONDS": 60.0,
+    # A purchase is attributed to the last click on the same sku by the same customer within this window.
+    "ATTRIBUTION_WINDOW_HOURS": 24,
+    # Experiments: the default minimum detectable effect (absolute CTR difference) for the sample size.
+    "EXPERIMENT_DEFAULT_MDE": 0.01,
+    "EXPERIMENT_CACHE_SECONDS": 5.0,
     # The console (/console). Its session cookie is signed with SECRET_KEY; when unset, a random key is
     # generated once into VAR_DIR/console-secret-key (shared by the workers of one machine).
     "SECRET_KEY": "",

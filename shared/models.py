@@ -309,3 +309,59 @@ class RecommendationList(Base):
     kind: Mapped[str] = mapped_column(String(24), primary_key=True)
     list_key: Mapped[str] = mapped_column(String(160), primary_key=True)
     payload: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class FeedbackEvent(Base):
+    """What a storefront reported about a recommendation answer: an impression, a click or an add-to-cart.
+
+    Stored once per event_id (the consumer inserts with ON CONFLICT DO NOTHING), so a re-sent or
+    redelivered event never counts twice.
+    """
+
+    __tablename__ = "feedback_events"
+    __table_args__ = (Index("ix_feedback_events_occurred_at", "occurred_at"),)
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    type: Mapped[str] = mapped_column(String(16), nullable=False)
+    recommendation_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    customer_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    session_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    sku: Mapped[str | None] = mapped_column(String(64))
+    # Impressions: [{"sku": ..., "position": ...}, ...] as shown.
+    skus: Mapped[list | None] = mapped_column(JSON)
+    occurred_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    received_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class ServedRecommendation(Base):
+    """One served answer: which surface, model version and experiment variant its recommendation_id came from."""
+
+    __tablename__ = "served_recommendations"
+
+    recommendation_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    surface: Mapped[str] = mapped_column(String(24), nullable=False)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    variant: Mapped[str] = mapped_column(String(64), nullable=False, default="current")
+    experiment_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    customer_id: Mapped[str | None] = mapped_column(String(64))
+    session_id: Mapped[str | None] = mapped_column(String(64))
+    served_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+
+class Experiment(Base):
+    """An A/B test between recommenders on one surface: variants with traffic weights, between two dates."""
+
+    __tablename__ = "experiments"
+
+    experiment_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), nullable=False)
+    surface: Mapped[str] = mapped_column(String(24), nullable=False, index=True)
+    # [{"name": "current", "weight": 0.5}, ...]; the first is the control unless `control` says otherwise.
+    variants: Mapped[list] = mapped_column(JSON, nullable=False)
+    control: Mapped[str] = mapped_column(String(64), nullable=False)
+    starts_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    ends_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+    min_detectable_effect: Mapped[float] = mapped_column(Float, nullable=False)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)

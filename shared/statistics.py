@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 # Two-sided 95 %: the normal quantile 1.959964.
 Z_95 = 1.959963984540054
+# 80 % power: the normal quantile 0.841621.
+Z_POWER_80 = 0.8416212335729143
 
 
 def unit_hash(*parts: str) -> float:
@@ -25,6 +27,33 @@ def holdout_group(campaign_id: str, customer_id: str, holdout_fraction: float) -
     if unit_hash("holdout", campaign_id, customer_id) < holdout_fraction:
         return "control"
     return "treatment"
+
+
+def sample_size_per_group(baseline_rate: float, minimum_detectable_effect: float, z_alpha: float = Z_95,
+                          z_power: float = Z_POWER_80) -> int:
+    """Units each group needs to detect an absolute change `minimum_detectable_effect` of a proportion
+    (two-sided test at 5 %, 80 % power; the classic two-proportion formula)."""
+    if minimum_detectable_effect <= 0:
+        raise ValueError("the minimum detectable effect must be positive")
+    low = min(max(baseline_rate, 0.0), 1.0)
+    high = min(low + minimum_detectable_effect, 1.0)
+    if high == low:
+        low = max(high - minimum_detectable_effect, 0.0)
+    pooled = (low + high) / 2
+    numerator = (z_alpha * math.sqrt(2 * pooled * (1 - pooled))
+                 + z_power * math.sqrt(low * (1 - low) + high * (1 - high))) ** 2
+    return math.ceil(numerator / (high - low) ** 2)
+
+
+def weighted_choice(position: float, names: list[str], weights: list[float]) -> str:
+    """The name whose share of the cumulative weights holds `position` (in [0, 1))."""
+    total = sum(weights)
+    cumulative = 0.0
+    for name, weight in zip(names, weights):
+        cumulative += weight / total
+        if position < cumulative:
+            return name
+    return names[-1]
 
 
 def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:

@@ -124,6 +124,8 @@ def app_config(database_url, redis_url, redis_prefix, tmp_path) -> dict:
         "API_KEY_CACHE_SECONDS": 0,
         "MAX_BATCH_RECORDS": 50,
         "MAX_CONTENT_LENGTH": 64 * 1024,
+        # Served answers are logged at once, so a test sees them in the stream right after its request.
+        "SERVED_LOG_BATCH": 1,
     }
 
 
@@ -137,13 +139,16 @@ def segmentation_app(app_config):
 @pytest.fixture
 def recommend_app(app_config):
     from services.recommend.app import create_app
-    from services.recommend.views.recommendations import recommender
+    from services.recommend.views.recommendations import experiments, recommender
 
     app = create_app(app_config)
-    # The web tier caches the model version and promotions per process; each test has its own Redis prefix.
+    # The web tier caches the model version, promotions and running experiments per process; each test has
+    # its own Redis prefix and database contents.
     recommender.reset()
+    experiments.reset()
     yield app
     recommender.reset()
+    experiments.reset()
 
 
 @pytest.fixture

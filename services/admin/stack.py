@@ -20,7 +20,7 @@ from shared.config import REPO_ROOT, load_config
 from shared.redis_server import NoRedisError, resolve_redis
 
 DEMO_KEYS = {
-    "demo-storefront": "recs:read",
+    "demo-storefront": "recs:read,feedback:write",
     "demo-ops": "segments:read,segments:export",
     "demo-marketing": "campaigns:write,segments:read",
     "demo-ingest": "ingest:write",

@@ -47,13 +47,21 @@ BROKER_PUBLISH_RETRY = {"max_retries": 25, "interval_start": 0.2, "interval_step
 
 
 def nightly_retrain_schedule(config: dict) -> dict:
-    """Beat's schedule: the retrain at RETRAIN_HOUR:RETRAIN_MINUTE in RETRAIN_TIMEZONE (the app's timezone)."""
+    """Beat's schedule: the retrain at RETRAIN_HOUR:RETRAIN_MINUTE in RETRAIN_TIMEZONE (the app's timezone),
+    and the feedback consumer every FEEDBACK_DRAIN_SECONDS."""
+    drain_seconds = float(config.get("FEEDBACK_DRAIN_SECONDS", 5.0))
     return {
         "nightly-retrain": {
             "task": "segrec.retrain.start",
             "schedule": crontab(hour=config["RETRAIN_HOUR"], minute=config["RETRAIN_MINUTE"], app=celery_app),
             "kwargs": {"trigger": "schedule"},
-        }
+        },
+        "feedback-drain": {
+            "task": "segrec.feedback.drain",
+            "schedule": drain_seconds,
+            # A drain queued while the workers are down is pointless once the next one is due.
+            "options": {"expires": max(drain_seconds * 2, 10.0)},
+        },
     }
 
 

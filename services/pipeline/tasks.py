@@ -17,7 +17,7 @@ from datetime import datetime
 
 from celery import chain, chord, group
 
-from services.pipeline import retrain
+from services.pipeline import feedback, retrain
 from services.pipeline.celery_app import celery_app, segrec_config, segrec_task
 from shared import runs
 
@@ -125,3 +125,12 @@ def failure_reason(failed_task_id: str | None, run) -> str:
     if failed_steps and failed_steps[-1].get("detail", {}).get("error"):
         return failed_steps[-1]["detail"]["error"]
     return f"task {failed_task_id} of the workflow failed"
+
+
+# ---- storefront feedback -------------------------------------------------------------------------
+
+
+@segrec_task("segrec.feedback.drain", soft_time_limit=240, time_limit=300)
+def drain_feedback(self) -> dict:
+    """Beat's every-few-seconds task: store what the feedback and served-answer streams hold (at least once)."""
+    return feedback.drain(segrec_config())

@@ -20,10 +20,12 @@ SERVICE = "recommend"
 
 def register_blueprints(api) -> None:
     """Every endpoint group of the service."""
-    from services.recommend.views import ingest, recommendations
+    from services.recommend.views import experiments, feedback, ingest, recommendations
 
     api.register_blueprint(ingest.blp)
     api.register_blueprint(recommendations.blp)
+    api.register_blueprint(feedback.blp)
+    api.register_blueprint(experiments.blp)
 
 
 def published_model_exists() -> bool:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+import re
+from datetime import datetime, timedelta, timezone
+
+from flask import current_app
+from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 from webargs.fields import DelimitedList
 
-from shared.limits import MAX_STOCK
-from shared.schemas import Identifier, Money, ScheduledDateTime
+from shared.limits import MAX_STOCK, TimeRules, id_problem
+from shared.schemas import Identifier, Money, PastDateTime, RejectedRecordSchema, ScheduledDateTime, time_rules
 from shared.web import BatchRequestMixin, TolerantList
 
 PROMOTION_KINDS = ("spend_threshold", "free_shipping")
+MAX_CART_QUANTITY = 10_000
+SURFACES_WITH_UNKNOWN = ("bought_together", "bundles", "cart", "for_you", "campaign", "unknown")
 
 
 # ---- ingest ------------------------------------------------------------------------------------
@@ -65,6 +71,11 @@ class PromotionBatchSchema(BatchRequestMixin, Schema):
 class RecommendationArgsSchema(Schema):
     """Query parameters every recommendation call takes."""
 
+    customer_id = fields.String(load_default=None, validate=validate.Length(max=64),
+                                metadata={"description": "who is shopping (experiment assignment, feedback)"})
+    session_id = fields.String(load_default=None, validate=validate.Length(max=64),
+                               metadata={"description": "the storefront session when no customer is known"})
+
     limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=50))
     category = fields.String(load_default=None, validate=validate.Length(max=128))
     exclude = DelimitedList(Identifier(), load_default=list, validate=validate.Length(max=200),
@@ -77,6 +88,8 @@ class PopularArgsSchema(RecommendationArgsSchema):
 
 class BundleArgsSchema(Schema):
     limit = fields.Integer(load_default=3, validate=validate.Range(min=1, max=10))
+    customer_id = fields.String(load_default=None, validate=validate.Length(max=64))
+    session_id = fields.String(load_default=None, validate=validate.Length(max=64))
 
 
 class RecommendedItemSchema(Schema):
@@ -115,14 +128,38 @@ class BundlesSchema(RecommendationSchema):
 
 class CartLineSchema(Schema):
     sku = Identifier(required=True)
-    quantity = fields.Integer(load_default=1, validate=validate.Range(min=1, max=10_000))
+    quantity = fields.Integer(load_default=1, validate=validate.Range(min=1, max=MAX_CART_QUANTITY))
+
+
+class CartLines(fields.List):
+    """A cart's lines. The common, well-formed body is checked by hand: the nested schema's per-line load
+    was about 15 % of a cart request in the profile. Anything else (a missing sku, a quantity as a string,
+    an unknown key) goes through the nested schema, so errors and coercions are exactly the schema's."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if type(value) is list:
+            lines = []
+            for line in value:
+                if type(line) is not dict or not line.keys() <= {"sku", "quantity"}:
+                    break
+                sku = line.get("sku")
+                quantity = line.get("quantity", 1)
+                if type(sku) is not str or id_problem(sku) is not None:
+                    break
+                if type(quantity) is not int or not 1 <= quantity <= MAX_CART_QUANTITY:
+                    break
+                lines.append({"sku": sku, "quantity": quantity})
+            else:
+                return lines
+        return super()._deserialize(value, attr, data, **kwargs)
 
 
 class CartRequestSchema(Schema):
     """A cart: its lines and, optionally, who is shopping."""
 
     customer_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
-    items = fields.List(fields.Nested(CartLineSchema), load_default=list, validate=validate.Length(max=500))
+    session_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    items = CartLines(fields.Nested(CartLineSchema), load_default=list, validate=validate.Length(max=500))
     limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=50))
     category = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=128))
     exclude = fields.List(Identifier(), load_default=list, validate=validate.Length(max=200))
@@ -153,3 +190,244 @@ class CartRecommendationSchema(RecommendationSchema):
     cross_sell = fields.List(fields.Nested(RecommendedItemSchema))
     add_ons = fields.Nested(AddOnsSchema, allow_none=True)
     unknown_skus = fields.Integer()
+
+
+# ---- feedback ----------------------------------------------------------------------------------
+
+FEEDBACK_EVENT_TYPES = ("impression", "click", "add_to_cart")
+MAX_SKUS_PER_IMPRESSION = 100
+
+
+class ShownItemSchema(Schema):
+    """One item of an impression, at the position it was shown (1 = first)."""
+
+    sku = Identifier(required=True)
+    position = fields.Integer(required=True, validate=validate.Range(min=1, max=1000))
+
+
+class FeedbackEventSchema(Schema):
+    """An impression (the skus shown), a click or an add-to-cart, by a customer or a session."""
+
+    event_id = Identifier(required=True)
+    type = fields.String(required=True, validate=validate.OneOf(FEEDBACK_EVENT_TYPES))
+    recommendation_id = Identifier(load_default=None, allow_none=True)
+    customer_id = Identifier(load_default=None, allow_none=True)
+    session_id = Identifier(load_default=None, allow_none=True)
+    sku = Identifier(load_default=None, allow_none=True)
+    skus = fields.List(fields.Nested(ShownItemSchema), load_default=None, allow_none=True,
+                       validate=validate.Length(min=1, max=MAX_SKUS_PER_IMPRESSION))
+    occurred_at = PastDateTime(required=True)
+
+    @validates_schema
+    def check_event(self, data, **kwargs):
+        if not data.get("customer_id") and not data.get("session_id"):
+            raise ValidationError("give customer_id or session_id", field_name="customer_id")
+        kind = data.get("type")
+        if kind in ("impression", "click") and not data.get("recommendation_id"):
+            raise ValidationError(f"a {kind} names the recommendation_id it belongs to",
+                                  field_name="recommendation_id")
+        if kind == "impression" and not data.get("skus"):
+            raise ValidationError("an impression lists the skus shown", field_name="skus")
+        if kind in ("click", "add_to_cart") and not data.get("sku"):
+            raise ValidationError(f"a {kind} names its sku", field_name="sku")
+        occurred_at = data.get("occurred_at")
+        window = timedelta(hours=current_app.config["ATTRIBUTION_WINDOW_HOURS"])
+        if occurred_at is not None and occurred_at < datetime.now(timezone.utc) - window:
+            raise ValidationError(f"is older than the attribution window ({window.total_seconds() / 3600:g} h)",
+                                  field_name="occurred_at")
+
+
+# The timestamps the fast path reads itself; any other form goes through the schema.
+_PLAIN_ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?$")
+_EVENT_KEYS = frozenset(("event_id", "type", "recommendation_id", "customer_id", "session_id", "sku", "skus",
+                         "occurred_at"))
+_OPTIONAL_IDS = ("recommendation_id", "customer_id", "session_id", "sku")
+
+
+def _valid_id(value) -> bool:
+    return type(value) is str and id_problem(value) is None
+
+
+def _shown_items(skus) -> list[dict] | None:
+    """The impression's items when plainly valid, else None (the schema then decides)."""
+    if type(skus) is not list or not 1 <= len(skus) <= MAX_SKUS_PER_IMPRESSION:
+        return None
+    shown = []
+    for item in skus:
+        if type(item) is not dict or item.keys() != {"sku", "position"} or not _valid_id(item["sku"]):
+            return None
+        position = item["position"]
+        if type(position) is not int or not 1 <= position <= 1000:
+            return None
+        shown.append({"sku": item["sku"], "position": position})
+    return shown
+
+
+def plain_feedback_event(record, rules: TimeRules, oldest: datetime, latest: datetime) -> dict | None:
+    """A feedback event exactly as FeedbackEventSchema loads it, when it is plainly valid; else None.
+
+    The schema's per-field load was most of a feedback request in the profile; this checks the common,
+    well-formed event by hand and leaves anything unusual (and every error message) to the schema.
+    """
+    if type(record) is not dict or not record.keys() <= _EVENT_KEYS:
+        return None
+    kind = record.get("type")
+    if kind not in FEEDBACK_EVENT_TYPES or not _valid_id(record.get("event_id")):
+        return None
+    event = {"event_id": record["event_id"], "type": kind}
+    for name in _OPTIONAL_IDS:
+        value = record.get(name)
+        if value is not None and not _valid_id(value):
+            return None
+        event[name] = value
+    skus = record.get("skus")
+    event["skus"] = None if skus is None else _shown_items(skus)
+    if skus is not None and event["skus"] is None:
+        return None
+    if not (event["customer_id"] or event["session_id"]):
+        return None
+    if kind in ("impression", "click") and not event["recommendation_id"]:
+        return None
+    if (kind == "impression" and not event["skus"]) or (kind != "impression" and not event["sku"]):
+        return None
+    text = record.get("occurred_at")
+    if type(text) is not str or not _PLAIN_ISO_TIME.match(text):
+        return None
+    naive_utc = rules.to_naive_utc(datetime.fromisoformat(text.replace("Z", "+00:00")))
+    if not max(oldest, rules.min_date) <= naive_utc <= latest:
+        return None
+    event["occurred_at"] = naive_utc.replace(tzinfo=timezone.utc)
+    return event
+
+
+class FeedbackEvents(TolerantList):
+    """Feedback events: plainly valid ones are read by hand, the rest by the schema (same result)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        rules = time_rules()
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        bounds = (rules, now - timedelta(hours=current_app.config["ATTRIBUTION_WINDOW_HOURS"]), rules.latest())
+        return super()._deserialize(value, attr, data, feedback_bounds=bounds, **kwargs)
+
+    def load_record(self, item, feedback_bounds=None, **kwargs):
+        event = plain_feedback_event(item, *feedback_bounds)
+        if event is not None:
+            return event
+        return super().load_record(item, **kwargs)
+
+
+class FeedbackBatchSchema(Schema):
+    """A batch of feedback events: a JSON array, or {"events": [...]}."""
+
+    events = FeedbackEvents(fields.Nested(FeedbackEventSchema), required=True, limit_setting="MAX_FEEDBACK_EVENTS")
+
+    @pre_load
+    def wrap_bare_list(self, data, **kwargs):
+        if isinstance(data, list):
+            return {"events": data}
+        return data
+
+
+class FeedbackResultSchema(Schema):
+    accepted = fields.Integer()
+    rejected = fields.List(fields.Nested(RejectedRecordSchema))
+
+
+# ---- online metrics and experiments --------------------------------------------------------------
+
+METRIC_GROUPS = ("day", "surface", "model_version", "variant")
+
+
+class MetricsArgsSchema(Schema):
+    """The period (shop-local days, inclusive) and how to group."""
+
+    from_ = fields.Date(data_key="from", required=True)
+    to = fields.Date(required=True)
+    surface = fields.String(load_default=None, validate=validate.OneOf(SURFACES_WITH_UNKNOWN))
+    group_by = DelimitedList(fields.String(validate=validate.OneOf(METRIC_GROUPS)),
+                             load_default=lambda: list(METRIC_GROUPS))
+
+    @validates_schema
+    def check_period(self, data, **kwargs):
+        if data["to"] < data["from_"]:
+            raise ValidationError("must not be before from", field_name="to")
+        if (data["to"] - data["from_"]).days > 366:
+            raise ValidationError("a period is at most 366 days", field_name="to")
+
+
+class RateSchema(Schema):
+    value = fields.Float(allow_none=True)
+    ci95_low = fields.Float()
+    ci95_high = fields.Float()
+
+
+class MetricsRowSchema(Schema):
+    day = fields.String()
+    surface = fields.String()
+    model_version = fields.String(allow_none=True)
+    variant = fields.String()
+    impressions = fields.Integer()
+    clicked_impressions = fields.Integer()
+    clicks = fields.Integer()
+    add_to_carts = fields.Integer()
+    ctr = fields.Nested(RateSchema)
+    add_to_cart_rate = fields.Nested(RateSchema)
+    attributed_orders = fields.Integer()
+    attributed_revenue = fields.Float()
+    revenue_per_1000_impressions = fields.Float(allow_none=True)
+
+
+class MetricsSchema(Schema):
+    period = fields.Dict()
+    group_by = fields.List(fields.String())
+    attribution_window_hours = fields.Integer()
+    unattributed_events = fields.Integer(metadata={"description": "events whose recommendation_id is unknown"})
+    rows = fields.List(fields.Nested(MetricsRowSchema))
+
+
+class VariantSchema(Schema):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    weight = fields.Float(required=True, validate=validate.Range(min=0, min_inclusive=False, max=1000))
+
+
+class ExperimentCreateSchema(Schema):
+    """An experiment on one surface: variants (the first is the control unless `control` names one)."""
+
+    name = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    surface = fields.String(required=True, validate=validate.OneOf(("bought_together", "bundles", "cart", "for_you")))
+    variants = fields.List(fields.Nested(VariantSchema), required=True, validate=validate.Length(min=2, max=5))
+    control = fields.String(load_default=None, validate=validate.Length(max=64))
+    starts_at = ScheduledDateTime(required=True)
+    ends_at = ScheduledDateTime(required=True)
+    min_detectable_effect = fields.Float(load_default=None, allow_none=True,
+                                         validate=validate.Range(min=0, min_inclusive=False, max=1))
+
+    @validates_schema
+    def check_experiment(self, data, **kwargs):
+        names = [variant["name"] for variant in data.get("variants") or []]
+        if len(set(names)) != len(names):
+            raise ValidationError("variant names must differ", field_name="variants")
+        if data.get("control") and data["control"] not in names:
+            raise ValidationError("must be one of the variants", field_name="control")
+        if data.get("ends_at") and data.get("starts_at") and data["ends_at"] <= data["starts_at"]:
+            raise ValidationError("must be after starts_at", field_name="ends_at")
+
+
+class ExperimentSchema(Schema):
+    experiment_id = fields.String()
+    name = fields.String()
+    surface = fields.String()
+    variants = fields.List(fields.Dict())
+    control = fields.String()
+    starts_at = fields.DateTime()
+    ends_at = fields.DateTime()
+    min_detectable_effect = fields.Float()
+    status = fields.String()
+
+
+class ExperimentReportSchema(Schema):
+    experiment = fields.Nested(ExperimentSchema)
+    variants = fields.List(fields.Dict())
+    comparisons = fields.List(fields.Dict())
+    verdict = fields.String()
+    conclusion = fields.String()

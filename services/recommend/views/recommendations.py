@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from prometheus_client import Counter
 
 from services.recommend.schemas import (
     BundleArgsSchema,
@@ -14,12 +16,18 @@ from services.recommend.schemas import (
     RecommendationArgsSchema,
     RecommendationSchema,
 )
+from services.recommend.experiments import RunningExperiments, assign_variant
+from services.recommend.feedback import ServedContext, served_log, served_record
 from services.recommend.serving import Recommender, Request
 from services.recommend.store import reader
 from shared.web import FALLBACKS, RECOMMENDATIONS, json_response, require_scope
 
 blp = Blueprint("recommendations", __name__, url_prefix="/v1", description="Recommendations for the storefront")
 recommender = Recommender(reader)
+experiments = RunningExperiments()
+
+SERVED = Counter("segrec_recommendations_served_total", "Recommendation answers served, by surface and variant",
+                 ["surface", "variant"])
 
 
 def answered(kind: str, answer: dict):
@@ -34,6 +42,26 @@ def _request(args: dict) -> Request:
     return Request(limit=args["limit"], category=args.get("category"), exclude=args.get("exclude"))
 
 
+def _context(surface: str, customer_id: str | None, session_id: str | None) -> ServedContext:
+    """Who is served, and the variant of the experiment running on the surface (if any) they are in."""
+    context = ServedContext(customer_id, session_id)
+    experiment = experiments.running(surface, current_app.config["EXPERIMENT_CACHE_SECONDS"])
+    if experiment is not None and context.unit:
+        context.variant = assign_variant(experiment["experiment_id"], experiment["variants"], context.unit)
+        context.experiment_id = experiment["experiment_id"]
+    return context
+
+
+def _served(answer: dict, surface: str, context: ServedContext):
+    """Log the answer for attribution (buffered, see ServedLog) and send it."""
+    config = current_app.config
+    served_log.configure(config["SERVED_LOG_BATCH"], config["SERVED_LOG_FLUSH_SECONDS"],
+                         config["SERVED_STREAM_MAX_LENGTH"])
+    served_log.append(served_record(answer, surface, context))
+    SERVED.labels(surface, context.variant).inc()
+    return answered(surface, answer)
+
+
 @blp.route("/items/<sku>/bought-together")
 class BoughtTogether(MethodView):
     @require_scope("recs:read")
@@ -41,7 +69,10 @@ class BoughtTogether(MethodView):
     @blp.response(200, RecommendationSchema)
     def get(self, args, sku):
         """Items bought with this one (an unknown sku gets popular items, with `fallback` set)"""
-        return answered("bought_together", recommender.bought_together(sku, _request(args)))
+        context = _context("bought_together", args.get("customer_id"), args.get("session_id"))
+        if context.variant == "popular":
+            return _served(recommender.popular(_request(args)), "bought_together", context)
+        return _served(recommender.bought_together(sku, _request(args)), "bought_together", context)
 
 
 @blp.route("/items/<sku>/bundles")
@@ -51,7 +82,11 @@ class Bundles(MethodView):
     @blp.response(200, BundlesSchema)
     def get(self, args, sku):
         """2-3 item bundles with this one: list price, bundle price and margin after the discount"""
-        return answered("bundles", recommender.bundles(sku, args["limit"]))
+        context = _context("bundles", args.get("customer_id"), args.get("session_id"))
+        if context.variant == "popular":
+            answer = recommender.popular(Request(limit=args["limit"]))
+            return _served({**answer, "bundles": []}, "bundles", context)
+        return _served(recommender.bundles(sku, args["limit"]), "bundles", context)
 
 
 @blp.route("/cart/recommendations")
@@ -61,7 +96,12 @@ class CartRecommendations(MethodView):
     @blp.response(200, CartRecommendationSchema)
     def post(self, cart):
         """Cross-sell for a cart, and add-ons that reach the best threshold promotion not yet reached"""
-        return answered("cart", recommender.cart(cart["customer_id"], cart["items"], _request(cart)))
+        context = _context("cart", cart["customer_id"], cart.get("session_id"))
+        if context.variant == "popular":
+            answer = recommender.popular(_request(cart))
+            return _served({**answer, "cross_sell": answer["items"], "add_ons": None, "unknown_skus": 0}, "cart",
+                           context)
+        return _served(recommender.cart(cart["customer_id"], cart["items"], _request(cart)), "cart", context)
 
 
 @blp.route("/customers/<customer_id>/recommendations")
@@ -71,7 +111,10 @@ class ForYou(MethodView):
     @blp.response(200, RecommendationSchema)
     def get(self, args, customer_id):
         """A personal list; falls back to the customer's tier, then to what is trending"""
-        return answered("for_you", recommender.for_you(customer_id, _request(args)))
+        context = _context("for_you", customer_id, args.get("session_id"))
+        if context.variant == "popular":
+            return _served(recommender.popular(_request(args)), "for_you", context)
+        return _served(recommender.for_you(customer_id, _request(args)), "for_you", context)
 
 
 @blp.route("/popular")
