@@ -43,6 +43,21 @@ DEFAULTS: dict[str, object] = {
     # Timestamps before this (UTC) are rejected at the edge and quarantined by the retrain.
     "MIN_PLAUSIBLE_DATE": "2000-01-01",
     "API_KEY_CACHE_SECONDS": 30,
+    # Rate limits per API key and rate class ("N/second|minute|hour|day", the `limits` notation); counters in
+    # Redis under REDIS_PREFIX. Storefront reads are high, exports and campaign creation low.
+    "RATE_LIMIT_ENABLED": True,
+    "RATE_LIMIT_RECS_READ": "2000/minute",
+    "RATE_LIMIT_SEGMENTS_READ": "600/minute",
+    "RATE_LIMIT_SEGMENTS_EXPORT": "20/minute",
+    "RATE_LIMIT_CAMPAIGNS_READ": "600/minute",
+    "RATE_LIMIT_CAMPAIGNS_CREATE": "20/minute",
+    "RATE_LIMIT_CAMPAIGNS_EXPORT": "20/minute",
+    "RATE_LIMIT_INGEST_WRITE": "600/minute",
+    "RATE_LIMIT_ADMIN": "120/minute",
+    # Failed authentications (no, unknown or revoked key) per client address.
+    "RATE_LIMIT_FAILED_AUTH": "30/minute",
+    # Idempotency keys of campaign creation are scoped to the API key and remembered this long.
+    "IDEMPOTENCY_KEY_TTL_HOURS": 24,
     # Demo.
     "DEMO_SEED": 7,
     # Business rules (the glossary's numbers; all configurable).

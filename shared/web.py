@@ -22,11 +22,12 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import HTTPException
 
-from shared.auth import Forbidden, KeyVerifier
+from shared.auth import Forbidden, KeyVerifier, Unauthorized
 from shared.config import load_config
 from shared.errors import BatchTooLarge, DomainError
 from shared.extensions import db, redis_store
 from shared.ingest import BatchOutcome
+from shared.ratelimit import check_failed_auth_budget, count_failed_auth, rate_limited_view
 
 log = logging.getLogger("segrec.web")
 
@@ -64,7 +65,7 @@ _HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
-    429: "too_many_requests",
+    429: "rate_limited",
 }
 
 
@@ -103,8 +104,11 @@ def handle_http_exception(error: HTTPException) -> Response:
 
 
 def handle_domain_error(error: DomainError) -> Response:
-    """A typed domain error: its own status and code."""
-    return error_response(error.status, error.code, error.message, error.details)
+    """A typed domain error: its own status and code (and headers, e.g. Retry-After, when it has some)."""
+    response = error_response(error.status, error.code, error.message, error.details)
+    for name, value in getattr(error, "headers", {}).items():
+        response.headers[name] = value
+    return response
 
 
 def handle_unexpected(error: Exception) -> Response:
@@ -125,18 +129,31 @@ def register_auth(app: Flask) -> None:
     app.extensions["segrec_keys"] = KeyVerifier(db, cache_seconds=app.config["API_KEY_CACHE_SECONDS"])
 
 
-def require_scope(scope: str):
-    """Decorator: the caller's key must carry `scope` (or admin); documented in OpenAPI."""
+def authenticate(scope: str):
+    """The caller of this request, checked for `scope`; failed attempts spend the address's budget."""
+    verifier: KeyVerifier = current_app.extensions["segrec_keys"]
+    check_failed_auth_budget()
+    try:
+        principal = verifier.verify(request.headers.get("Authorization"))
+    except Unauthorized:
+        count_failed_auth()
+        raise
+    if not principal.allows(scope):
+        raise Forbidden(f"this key lacks the '{scope}' scope", {"required_scope": scope})
+    return principal
+
+
+def require_scope(scope: str, rate_class: str | None = None):
+    """Decorator: the caller's key must carry `scope` (or admin); documented in OpenAPI.
+
+    Each key then has a request budget per `rate_class` (default: the scope's name), see shared/ratelimit.py.
+    """
 
     def decorator(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
-            verifier: KeyVerifier = current_app.extensions["segrec_keys"]
-            principal = verifier.verify(request.headers.get("Authorization"))
-            if not principal.allows(scope):
-                raise Forbidden(f"this key lacks the '{scope}' scope", {"required_scope": scope})
-            g.principal = principal
-            return view(*args, **kwargs)
+            g.principal = authenticate(scope)
+            return rate_limited_view(view, rate_class or scope)(*args, **kwargs)
 
         wrapper._required_scope = scope
         apidoc = deepcopy(getattr(wrapper, "_apidoc", {}))

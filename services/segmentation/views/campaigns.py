@@ -32,7 +32,7 @@ IDEMPOTENCY_HEADER = {
 
 @blp.route("/campaigns/win-back")
 class WinBack(MethodView):
-    @require_scope("campaigns:write")
+    @require_scope("campaigns:write", rate_class="campaigns:create")
     @blp.arguments(WinBackRequestSchema())
     @blp.response(202, CampaignSchema)
     @blp.alt_response(200, schema=CampaignSchema, description="A retry with the same key and body: that campaign")
@@ -49,7 +49,7 @@ class WinBack(MethodView):
 
 @blp.route("/campaigns/<campaign_id>")
 class CampaignDetail(MethodView):
-    @require_scope("campaigns:write")
+    @require_scope("campaigns:write", rate_class="campaigns:read")
     @blp.response(200, CampaignSchema)
     def get(self, campaign_id):
         """A campaign: status, audience, treatment and control sizes, skipped by reason, webhook deliveries"""
@@ -59,7 +59,7 @@ class CampaignDetail(MethodView):
 
 @blp.route("/campaigns/<campaign_id>/members")
 class CampaignMembers(MethodView):
-    @require_scope("campaigns:write")
+    @require_scope("campaigns:write", rate_class="campaigns:read")
     @blp.arguments(CampaignMemberArgsSchema(), location="query")
     @blp.response(200, CampaignMemberPageSchema)
     def get(self, args, campaign_id):
@@ -70,7 +70,7 @@ class CampaignMembers(MethodView):
 
 @blp.route("/campaigns/<campaign_id>/members.csv")
 class CampaignMembersCsv(MethodView):
-    @require_scope("campaigns:write")
+    @require_scope("campaigns:write", rate_class="campaigns:export")
     @blp.arguments(CampaignCsvArgsSchema(), location="query")
     @blp.response(200, content_type="text/csv")
     def get(self, args, campaign_id):
@@ -91,7 +91,7 @@ class CampaignMembersCsv(MethodView):
 
 @blp.route("/campaigns/<campaign_id>/report")
 class CampaignReport(MethodView):
-    @require_scope("campaigns:write")
+    @require_scope("campaigns:write", rate_class="campaigns:read")
     @blp.response(200, CampaignReportSchema)
     def get(self, campaign_id):
         """Paid orders and revenue since launch, treatment vs control, uplift with a 95 % confidence interval"""
