@@ -82,9 +82,13 @@ DEFAULTS: dict[str, object] = {
     "GLOBAL_CONTROL_FRACTION": 0.0,
     "GLOBAL_CONTROL_SALT": "segrec-global-control-v1",
     # Webhooks (the signing key is the environment variable WEBHOOK_SECRET, never a config value).
+    # Webhooks go only to globally routable addresses (Python's ipaddress is_global, IPv4 forms inside IPv6
+    # unwrapped); these networks are refused on top of that, and WEBHOOK_ALLOWED_NETWORKS (e.g. an
+    # intranet CRM's 10.20.0.0/16) are let through despite it. Comma-separated CIDRs.
     "WEBHOOK_FORBIDDEN_NETWORKS": (
         "127.0.0.0/8,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,169.254.0.0/16,0.0.0.0/8,::1/128,fc00::/7,fe80::/10"
     ),
+    "WEBHOOK_ALLOWED_NETWORKS": "",
     "WEBHOOK_BATCH_SIZE": 500,
     "WEBHOOK_TIMEOUT_SECONDS": 10.0,
     "WEBHOOK_MAX_ATTEMPTS": 6,

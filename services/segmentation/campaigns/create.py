@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.segmentation.campaigns.members import campaign_to_dict
-from services.segmentation.campaigns.webhooks import check_webhook_url, forbidden_networks
+from services.segmentation.campaigns.webhooks import WebhookPolicy, check_webhook_url
 from services.segmentation.segments import DIMENSIONS, NUMERIC_FIELDS, audience_conditions, require_current_run
 from shared.errors import Conflict, DomainError, InvalidRequest, Unavailable
 from shared.ingest import utcnow
@@ -101,7 +101,7 @@ def resolve_definition(request: dict, config: dict) -> dict:
         frequency_cap_days = int(config["CAMPAIGN_DEFAULT_FREQUENCY_CAP_DAYS"])
     webhook_url = request.get("webhook_url")
     if webhook_url is not None:
-        check_webhook_url(webhook_url, forbidden_networks(config["WEBHOOK_FORBIDDEN_NETWORKS"]))
+        check_webhook_url(webhook_url, WebhookPolicy.from_config(config))
         if not os.environ.get("WEBHOOK_SECRET"):
             raise Unavailable("webhook delivery is not configured on this server (WEBHOOK_SECRET is not set)")
     return {
