@@ -48,6 +48,7 @@ from sqlalchemy import or_, select, update
 from tqdm import tqdm
 
 from shared import bulk
+from shared.csvstream import FormulaSafeWriter
 from shared.ingest import (
     STATUS_TRANSITIONS,
     aggregates_select,
@@ -221,7 +222,8 @@ class RejectsWriter:
         """Record one rejected row."""
         if self._writer is None:
             self._handle = open(self.path, "w", newline="", encoding="utf-8")
-            self._writer = csv.writer(self._handle)
+            # The rejects file repeats what the client sent, formulas included: ops open it in a spreadsheet.
+            self._writer = FormulaSafeWriter(self._handle)
             self._writer.writerow(["line", "reason", *self.header])
         self._writer.writerow([line, reason, *row])
 
