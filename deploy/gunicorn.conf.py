@@ -26,5 +26,10 @@ max_requests_jitter = 100
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
+# gunicorn answers its own limit errors in HTML; it is set at its maximums so the apps, with tighter
+# limits of their own (shared/web.py register_request_limits), answer 414/431 in JSON first.
+limit_request_line = 8190
+limit_request_fields = 200
+limit_request_field_size = 16380
 # Each worker builds its own app (and its own database pool) after the fork.
 preload_app = False

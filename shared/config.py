@@ -37,6 +37,12 @@ DEFAULTS: dict[str, object] = {
     "MAX_BATCH_RECORDS": 5000,
     "MAX_CONTENT_LENGTH": 10 * 1024 * 1024,
     "MAX_FUTURE_SKEW_SECONDS": 86_400,
+    # Request line and header limits the apps answer in JSON (414 / 431); gunicorn's own are set above these.
+    "MAX_REQUEST_LINE": 4096,
+    "MAX_HEADER_FIELDS": 100,
+    "MAX_HEADER_FIELD_BYTES": 8000,
+    # Reverse proxies in front of the apps whose X-Forwarded-For / -Proto to trust (1 behind deploy/nginx).
+    "TRUSTED_PROXY_HOPS": 0,
     # Timestamps without an offset (REST bodies and CSV files) are this zone's local time; it also sets
     # where a day begins in daily figures (purchase days, day-based recency and lifecycle).
     "SHOP_TIMEZONE": "Asia/Shanghai",

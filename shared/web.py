@@ -21,6 +21,7 @@ from prometheus_client import multiprocess
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from shared.auth import Forbidden, KeyVerifier, Unauthorized
 from shared.config import load_config
@@ -359,6 +360,33 @@ def register_config(app: Flask, overrides: dict | None) -> None:
     if not app.config["REDIS_URL"]:
         app.config["REDIS_URL"] = DEFAULT_REDIS_URL
     app.json = OrjsonProvider(app)
+    hops = int(app.config["TRUSTED_PROXY_HOPS"])
+    if hops > 0:
+        # Behind nginx the peer is the proxy: the client's address (for the failed-auth budget) is in X-Forwarded-For.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
+    register_request_limits(app)
+
+
+def register_request_limits(app: Flask) -> None:
+    """414 / 431 in the JSON envelope for a request line or header fields over the configured limits."""
+
+    @app.before_request
+    def check_request_size():
+        config = current_app.config
+        request_line = request.environ.get("RAW_URI") or request.full_path
+        if len(request_line) > int(config["MAX_REQUEST_LINE"]):
+            return error_response(414, "uri_too_long",
+                                  f"the request line is longer than {config['MAX_REQUEST_LINE']} bytes",
+                                  {"max_bytes": config["MAX_REQUEST_LINE"]})
+        headers = list(request.headers.items())
+        too_many = len(headers) > int(config["MAX_HEADER_FIELDS"])
+        too_long = any(len(name) + len(value) + 2 > int(config["MAX_HEADER_FIELD_BYTES"]) for name, value in headers)
+        if too_many or too_long:
+            return error_response(431, "header_fields_too_large",
+                                  "too many header fields or one too long",
+                                  {"max_fields": config["MAX_HEADER_FIELDS"],
+                                   "max_field_bytes": config["MAX_HEADER_FIELD_BYTES"]})
+        return None
 
 
 def register_extensions(app: Flask) -> None:
