@@ -112,6 +112,12 @@ def handle_domain_error(error: DomainError) -> Response:
     return response
 
 
+def handle_too_deep(error: RecursionError) -> Response:
+    """A body nested deeper than the parsers recurse (webargs parses JSON with the recursive stdlib decoder)."""
+    log.warning("recursion limit on %s %s: %s", request.method, request.path, str(error)[:200])
+    return error_response(400, "malformed_json", "the request body is nested too deeply")
+
+
 def handle_unexpected(error: Exception) -> Response:
     """Anything else: logged with its trace, answered without one."""
     log.exception("unhandled error on %s %s", request.method, request.path)
@@ -122,6 +128,7 @@ def register_errors(app: Flask) -> None:
     """Install the error envelope for every kind of failure, over flask-smorest's own handler."""
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(DomainError, handle_domain_error)
+    app.register_error_handler(RecursionError, handle_too_deep)
     app.register_error_handler(Exception, handle_unexpected)
 
 
@@ -317,21 +324,27 @@ def json_response(payload: dict, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status=status, mimetype="application/json")
 
 
+# Overlapping concurrent batches can collide on a new id more than once in a row; each retry sees more of the
+# other requests' rows, so a few attempts always resolve it.
+BATCH_WRITE_ATTEMPTS = 6
+
+
 def run_batch(batch: RecordBatch, id_field: str, write) -> dict:
     """Write a batch's valid records with `write(session, records)` and merge in the invalid ones.
 
     A concurrent request may insert the same new id between our read and our write; the unique key
-    then fails the transaction, and one retry sees the other request's rows and treats them as known.
+    then fails the transaction, and a retry sees the other request's rows and treats them as known.
     """
-    attempts = 2
-    for attempt in range(attempts):
+    for attempt in range(BATCH_WRITE_ATTEMPTS):
         try:
             with db.session() as session:
                 outcome = write(session, batch.accepted) if batch.accepted else None
             break
         except IntegrityError:
-            if attempt == attempts - 1:
+            if attempt == BATCH_WRITE_ATTEMPTS - 1:
                 raise
+            log.info("batch write collided with a concurrent batch (attempt %d); retrying", attempt + 1)
+            time.sleep(0.01 * (attempt + 1))
     if outcome is None:
         outcome = BatchOutcome()
     for index, record, errors in batch.rejected:
