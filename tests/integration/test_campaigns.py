@@ -157,6 +157,27 @@ def test_same_key_same_body_is_the_same_campaign_other_body_conflicts(client, wr
     assert replay.status_code == 200 and replay.json["status"] == "ready"
 
 
+def test_idempotency_keys_belong_to_the_api_key_and_expire(client, writer, make_key, segmentation_app, shop):
+    key = uuid.uuid4().hex
+    body = {"holdout_fraction": 0.2}
+    marketing = post_campaign(client, writer, body, key)
+    assert marketing.status_code == 202
+    # The admin key replaying the marketing key's Idempotency-Key and body gets a campaign of its own.
+    admin = make_key("admin", name="admin")
+    admins = post_campaign(client, admin, body, key)
+    assert admins.status_code == 202
+    assert admins.json["campaign_id"] != marketing.json["campaign_id"]
+    assert post_campaign(client, admin, body, key).json["campaign_id"] == admins.json["campaign_id"]
+    # After IDEMPOTENCY_KEY_TTL_HOURS the key is released: the same request creates a new campaign.
+    with db.session() as session:
+        session.execute(update(Campaign).where(Campaign.campaign_id == marketing.json["campaign_id"])
+                        .values(created_at=utcnow() - timedelta(hours=25)))
+    fresh = post_campaign(client, writer, body, key)
+    assert fresh.status_code == 202 and fresh.json["campaign_id"] != marketing.json["campaign_id"]
+    with db.session() as session:
+        assert session.get(Campaign, marketing.json["campaign_id"]).idempotency_key is None
+
+
 def test_interrupted_build_is_redone_without_duplicates(client, writer, segmentation_app, shop, monkeypatch):
     segmentation_app.config["CAMPAIGN_BUILD_CHUNK"] = 4
     campaign_id = post_campaign(client, writer, {"holdout_fraction": 0.5}).json["campaign_id"]

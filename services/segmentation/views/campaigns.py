@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Response, current_app, request, stream_with_context
+from flask import Response, current_app, g, request, stream_with_context
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -41,7 +41,7 @@ class WinBack(MethodView):
         """Create a win-back campaign; its members are built in the background"""
         with db.session() as session:
             outcome = campaigns.create_win_back(session, current_app.config, request.headers.get("Idempotency-Key"),
-                                                body)
+                                                body, api_key_id=g.principal.key_id)
         if outcome.needs_build:
             tasks.enqueue_build(outcome.campaign["campaign_id"], current_app.config)
         return outcome.campaign, 202 if outcome.created else 200
