@@ -17,7 +17,18 @@ def time_rules() -> TimeRules:
     return TimeRules()
 
 
-class ShopDateTime(fields.DateTime):
+class UtcDateTime(fields.DateTime):
+    """A date-time answered in UTC with its offset ("...Z"); stored times are naive UTC."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class ShopDateTime(UtcDateTime):
     """An ISO 8601 timestamp: with an offset as given, without one in the shop's time zone (SHOP_TIMEZONE).
 
     Loads as an aware UTC datetime; rejected outside the plausible window (MIN_PLAUSIBLE_DATE to now
@@ -74,6 +85,31 @@ def check_attributes(value: dict) -> None:
     problem = attributes_problem(value)
     if problem is not None:
         raise ValidationError(problem)
+
+
+# Every error code the APIs answer with (the `code` of the error envelope).
+ERROR_CODES = (
+    "bad_request", "malformed_json", "bad_cursor", "idempotency_key_required", "unauthorized", "forbidden",
+    "not_found", "method_not_allowed", "conflict", "payload_too_large", "batch_too_large", "uri_too_long",
+    "unsupported_media_type", "validation_error", "rate_limited", "header_fields_too_large", "internal_error",
+    "unavailable", "error",
+)
+
+
+class ErrorSchema(Schema):
+    """What went wrong: the HTTP status again, a stable code, a message for people, details per field."""
+
+    status = fields.Integer(required=True)
+    code = fields.String(required=True, validate=validate.OneOf(ERROR_CODES),
+                         metadata={"description": "A stable code a client can act on: " + ", ".join(ERROR_CODES)})
+    message = fields.String(required=True)
+    details = fields.Dict(required=True)
+
+
+class ErrorEnvelopeSchema(Schema):
+    """The one error envelope every endpoint answers with: {"error": {"status", "code", "message", "details"}}."""
+
+    error = fields.Nested(ErrorSchema, required=True)
 
 
 class RejectedRecordSchema(Schema):

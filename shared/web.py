@@ -28,6 +28,7 @@ from shared.config import load_config
 from shared.errors import BatchTooLarge, DomainError
 from shared.extensions import db, redis_store
 from shared.ingest import BatchOutcome
+from shared.schemas import ErrorEnvelopeSchema
 from shared.ratelimit import check_failed_auth_budget, count_failed_auth, rate_limited_view
 
 log = logging.getLogger("segrec.web")
@@ -151,6 +152,36 @@ def authenticate(scope: str):
     return principal
 
 
+# The error statuses every endpoint behind a key can answer, besides its own (documented in OpenAPI).
+AUTHENTICATED_ERROR_RESPONSES = {"400": "BAD_REQUEST", "401": "UNAUTHORIZED", "403": "FORBIDDEN",
+                                 "429": "TOO_MANY_REQUESTS"}
+
+
+def require_json_body() -> None:
+    """A POST without a body is 400 (not an empty object), one in another format is 415."""
+    if request.method not in ("POST", "PUT", "PATCH"):
+        return
+    if not request.get_data(cache=True):
+        raise BodyRequired("this endpoint needs a JSON request body", {"json": ["a request body is required"]})
+    if not request.is_json:
+        raise UnsupportedBody("send the body as JSON (Content-Type: application/json)",
+                              {"Content-Type": ["application/json"]})
+
+
+class BodyRequired(DomainError):
+    """A request without the JSON body its endpoint needs."""
+
+    status = 400
+    code = "bad_request"
+
+
+class UnsupportedBody(DomainError):
+    """A request body that is not JSON."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
 def require_scope(scope: str, rate_class: str | None = None):
     """Decorator: the caller's key must carry `scope` (or admin); documented in OpenAPI.
 
@@ -159,14 +190,22 @@ def require_scope(scope: str, rate_class: str | None = None):
 
     def decorator(view):
         @functools.wraps(view)
+        def body_checked(*args, **kwargs):
+            require_json_body()
+            return view(*args, **kwargs)
+
+        @functools.wraps(view)
         def wrapper(*args, **kwargs):
             g.principal = authenticate(scope)
-            return rate_limited_view(view, rate_class or scope)(*args, **kwargs)
+            return rate_limited_view(body_checked, rate_class or scope)(*args, **kwargs)
 
         wrapper._required_scope = scope
         apidoc = deepcopy(getattr(wrapper, "_apidoc", {}))
         manual = apidoc.setdefault("manual_doc", {})
         manual["security"] = [{"bearerAuth": []}]
+        responses = manual.setdefault("responses", {})
+        for status, name in AUTHENTICATED_ERROR_RESPONSES.items():
+            responses.setdefault(status, name)
         manual.setdefault("description", "")
         manual["description"] = (manual["description"] + f"\n\nRequires scope `{scope}`.").strip()
         wrapper._apidoc = apidoc
@@ -190,6 +229,12 @@ def endpoints_without_scope(app: Flask) -> list[str]:
     return missing
 
 
+class SegrecApi(Api):
+    """flask-smorest's Api documenting the error envelope the services really send for every error status."""
+
+    ERROR_SCHEMA = ErrorEnvelopeSchema
+
+
 def create_api(app: Flask, title: str) -> Api:
     """flask-smorest Api with the OpenAPI document at /openapi.json and a page at /docs."""
     app.config.setdefault("API_TITLE", title)
@@ -200,7 +245,7 @@ def create_api(app: Flask, title: str) -> Api:
     # Swagger UI is loaded from a CDN by the browser; the JSON document itself is served locally.
     app.config.setdefault("OPENAPI_SWAGGER_UI_PATH", "docs")
     app.config.setdefault("OPENAPI_SWAGGER_UI_URL", "https://cdn.jsdelivr.net/npm/swagger-ui-dist/")
-    api = Api(app, spec_kwargs={"info": {"description": f"segrec {title}"}})
+    api = SegrecApi(app, spec_kwargs={"info": {"description": f"segrec {title}"}})
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
     return api
 

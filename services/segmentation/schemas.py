@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from shared.limits import MAX_ORDER_LINES, MAX_QUANTITY, MIN_UNIT_PRICE
-from shared.schemas import Identifier, Money, PastDateTime, check_attributes, check_id
+from shared.schemas import Identifier, Money, PastDateTime, UtcDateTime, check_attributes, check_id
 from shared.web import BatchRequestMixin, TolerantList
 
 ORDER_STATUSES = ("paid", "refunded", "cancelled")
@@ -88,7 +88,7 @@ class RFMSchema(Schema):
 
 class TierSchema(Schema):
     name = fields.String()
-    since = fields.DateTime(allow_none=True)
+    since = UtcDateTime(allow_none=True)
     spend_to_next_tier = fields.Float(allow_none=True)
 
 
@@ -244,10 +244,10 @@ class RunSchema(Schema):
     run_id = fields.String()
     status = fields.String()
     trigger = fields.String()
-    as_of = fields.DateTime()
-    started_at = fields.DateTime(allow_none=True)
-    finished_at = fields.DateTime(allow_none=True)
-    published_at = fields.DateTime(allow_none=True)
+    as_of = UtcDateTime()
+    started_at = UtcDateTime(allow_none=True)
+    finished_at = UtcDateTime(allow_none=True)
+    published_at = UtcDateTime(allow_none=True)
     current = fields.Boolean()
     steps = fields.List(fields.Nested(RunStepSchema))
     metrics = fields.Dict()
@@ -317,7 +317,7 @@ class WebhookDeliverySchema(Schema):
     attempts = fields.Integer()
     last_status_code = fields.Integer(allow_none=True)
     last_error = fields.String(allow_none=True)
-    delivered_at = fields.DateTime(allow_none=True)
+    delivered_at = UtcDateTime(allow_none=True)
 
 
 class CampaignWebhookSchema(Schema):
@@ -335,9 +335,9 @@ class CampaignSchema(Schema):
     status = fields.String()
     run_id = fields.String(allow_none=True)
     model_version = fields.String(allow_none=True)
-    created_at = fields.DateTime()
-    launched_at = fields.DateTime(allow_none=True)
-    finished_at = fields.DateTime(allow_none=True)
+    created_at = UtcDateTime()
+    launched_at = UtcDateTime(allow_none=True)
+    finished_at = UtcDateTime(allow_none=True)
     audience_size = fields.Integer()
     treatment_size = fields.Integer()
     control_size = fields.Integer()
@@ -356,7 +356,7 @@ class CampaignMemberSchema(Schema):
     rank = fields.Integer()
     offer = fields.Dict(allow_none=True)
     recommended_skus = fields.List(fields.String())
-    contacted_at = fields.DateTime(allow_none=True)
+    contacted_at = UtcDateTime(allow_none=True)
 
 
 class CampaignMemberPageSchema(Schema):
@@ -403,8 +403,8 @@ class CampaignReportSchema(Schema):
     """Paid orders since launch, treatment vs control, and the conversion uplift with a 95 % interval."""
 
     campaign_id = fields.String()
-    launched_at = fields.DateTime(allow_none=True)
-    as_of = fields.DateTime()
+    launched_at = UtcDateTime(allow_none=True)
+    as_of = UtcDateTime()
     treatment = fields.Nested(CampaignGroupReportSchema)
     control = fields.Nested(CampaignGroupReportSchema)
     uplift = fields.Nested(CampaignUpliftSchema)

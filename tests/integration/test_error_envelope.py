@@ -93,3 +93,32 @@ def test_a_batch_that_keeps_colliding_is_retried_until_it_resolves(segmentation_
         result = run_batch(RecordBatch([(0, {"customer_id": "c1"})], []), "customer_id", write)
     assert calls == [1, 1, 1, 1]
     assert result == BatchOutcome().as_dict()
+
+
+def test_openapi_documents_the_envelope_for_every_error_status(segmentation_app, recommend_app):
+    for app in (segmentation_app, recommend_app):
+        spec = app.test_client().get("/openapi.json").json
+        envelope = spec["components"]["schemas"]["ErrorEnvelope"]
+        assert envelope["required"] == ["error"]
+        error = spec["components"]["schemas"]["Error"]
+        assert {"bad_cursor", "idempotency_key_required", "rate_limited"} <= set(error["properties"]["code"]["enum"])
+        for path, operations in spec["paths"].items():
+            for method, operation in operations.items():
+                if "security" not in operation:
+                    continue
+                assert {"400", "401", "403", "429", "default"} <= set(operation["responses"]), (path, method)
+                for status, response in operation["responses"].items():
+                    if status.startswith(("4", "5")) or status == "default":
+                        ref = response["$ref"].rsplit("/", 1)[1]
+                        schema = spec["components"]["responses"][ref]["content"]["application/json"]["schema"]
+                        assert schema == {"$ref": "#/components/schemas/ErrorEnvelope"}, (path, method, status)
+
+
+@pytest.mark.parametrize("service, path, scope", [("segmentation", "/v1/campaigns/win-back", "campaigns:write"),
+                                                  ("recommend", "/v1/cart/recommendations", "recs:read")])
+def test_post_without_a_body_is_400(clients, make_key, service, path, scope):
+    response = clients[service].post(path, headers={**make_key(scope), "Idempotency-Key": "k1"})
+    assert_envelope(response, 400)
+    response = clients[service].post(path, data="x=1", content_type="application/x-www-form-urlencoded",
+                                     headers={**make_key(scope), "Idempotency-Key": "k2"})
+    assert_envelope(response, 415)
