@@ -54,7 +54,7 @@ def test_customer_profile(client, ops, shop):
     # 2,000 - 767 to gold; one purchase day gives BG/NBD P(alive) exactly 1.
     assert body["rfm"] == {"recency_days": pytest.approx(28.458333, abs=1e-5), "frequency": 1, "monetary": 767.0,
                            "r": 5, "f": 1, "m": 3, "segment": "New"}
-    assert body["tier"] == {"name": "silver", "since": "2026-11-01T12:00:00", "spend_to_next_tier": 1233.0}
+    assert body["tier"] == {"name": "silver", "since": "2026-11-01T12:00:00Z", "spend_to_next_tier": 1233.0}
     assert body["lifecycle"] == "new"
     assert body["community_layer"] is None
     assert body["clv"] == {"p_alive": 1.0, "expected_orders_90d": pytest.approx(0.679733, abs=1e-5),
