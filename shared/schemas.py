@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from flask import current_app, has_app_context
 from marshmallow import Schema, ValidationError, fields, validate
 
-from shared.limits import MAX_MONEY, MAX_SCHEDULE_DAYS_AHEAD, TimeRules, attributes_problem, id_problem
+from shared.limits import MAX_ID_LENGTH, MAX_MONEY, MAX_SCHEDULE_DAYS_AHEAD, TimeRules, attributes_problem, id_problem
 
 
 def time_rules() -> TimeRules:
@@ -59,9 +59,14 @@ def check_id(value: str) -> None:
         raise ValidationError(problem)
 
 
+# The id rule as the OpenAPI documents state it (check_id is the authority; it also refuses lone surrogates).
+ID_DOCUMENTED_PATTERN = r"^[^/\x00-\x1f\x7f-\x9f]*$"
+
+
 def Identifier(**kwargs) -> fields.String:
     """An id as clients send it: 1 to 64 characters, no "/" or control characters, stored verbatim."""
-    return fields.String(validate=check_id, **kwargs)
+    documented = [validate.Length(min=1, max=MAX_ID_LENGTH), validate.Regexp(ID_DOCUMENTED_PATTERN)]
+    return fields.String(validate=[*documented, check_id], **kwargs)
 
 
 def PastDateTime(**kwargs) -> ShopDateTime:

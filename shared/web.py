@@ -157,10 +157,14 @@ AUTHENTICATED_ERROR_RESPONSES = {"400": "BAD_REQUEST", "401": "UNAUTHORIZED", "4
                                  "429": "TOO_MANY_REQUESTS"}
 
 
+def takes_json_body(view) -> bool:
+    """True when flask-smorest's @blp.arguments gave the view a JSON body."""
+    parameters = getattr(view, "_apidoc", {}).get("arguments", {}).get("parameters", [])
+    return any(parameter.get("in") == "json" for parameter in parameters)
+
+
 def require_json_body() -> None:
-    """A POST without a body is 400 (not an empty object), one in another format is 415."""
-    if request.method not in ("POST", "PUT", "PATCH"):
-        return
+    """A request without the JSON body its endpoint documents is 400 (not an empty object); another format 415."""
     if not request.get_data(cache=True):
         raise BodyRequired("this endpoint needs a JSON request body", {"json": ["a request body is required"]})
     if not request.is_json:
@@ -189,9 +193,12 @@ def require_scope(scope: str, rate_class: str | None = None):
     """
 
     def decorator(view):
+        needs_body = takes_json_body(view)
+
         @functools.wraps(view)
         def body_checked(*args, **kwargs):
-            require_json_body()
+            if needs_body:
+                require_json_body()
             return view(*args, **kwargs)
 
         @functools.wraps(view)
@@ -239,7 +246,8 @@ def create_api(app: Flask, title: str) -> Api:
     """flask-smorest Api with the OpenAPI document at /openapi.json and a page at /docs."""
     app.config.setdefault("API_TITLE", title)
     app.config.setdefault("API_VERSION", "v1")
-    app.config.setdefault("OPENAPI_VERSION", "3.0.3")
+    # 3.1: a nullable nested object is documented as "that object or null" (3.0 output allowed any object).
+    app.config.setdefault("OPENAPI_VERSION", "3.1.0")
     app.config.setdefault("OPENAPI_URL_PREFIX", "/")
     app.config.setdefault("OPENAPI_JSON_PATH", "openapi.json")
     # Swagger UI is loaded from a CDN by the browser; the JSON document itself is served locally.
