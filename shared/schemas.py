@@ -69,6 +69,12 @@ def Identifier(**kwargs) -> fields.String:
     return fields.String(validate=[*documented, check_id], **kwargs)
 
 
+def DelimitedIdentifier() -> fields.String:
+    """An id inside a comma-separated query list (?exclude=a,b): the rules of Identifier, and no comma."""
+    documented = [validate.Length(min=1, max=MAX_ID_LENGTH), validate.Regexp(r"^[^,/\x00-\x1f\x7f-\x9f]*$")]
+    return fields.String(validate=[*documented, check_id])
+
+
 def PastDateTime(**kwargs) -> ShopDateTime:
     """A timestamp that is not in the future (shop-local when it has no offset)."""
     return ShopDateTime(**kwargs)

@@ -184,10 +184,28 @@ class AudienceFilterField(fields.Field):
         raise ValidationError("a list of values or a range object such as {\"gte\": 500}")
 
 
+def audience_filters_doc() -> dict:
+    """The OpenAPI shape of audience filters: each dimension takes known values, each numeric field a range."""
+    from services.segmentation.segments import DIMENSIONS, NUMERIC_FIELDS
+
+    properties = {}
+    for name, (_column, values) in DIMENSIONS.items():
+        value = {"type": "string", "enum": list(values)}
+        properties[name] = {"oneOf": [{"type": "array", "items": value, "minItems": 1}, value]}
+    bound = {"type": "number", "minimum": -1e12, "maximum": 1e12}
+    range_object = {"type": "object", "properties": {operator: bound for operator in ("gte", "gt", "lte", "lt")},
+                    "additionalProperties": False, "minProperties": 1,
+                    "description": "bounds of a numeric filter; a lower bound above an upper one is 422"}
+    for name in NUMERIC_FIELDS:
+        properties[name] = range_object
+    return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
 class AudienceQuerySchema(Schema):
     """An audience: filters combine with AND across fields and OR within a field."""
 
-    filters = fields.Dict(keys=fields.String(), values=AudienceFilterField(), load_default=dict)
+    filters = fields.Dict(keys=fields.String(), values=AudienceFilterField(), load_default=dict,
+                          metadata=audience_filters_doc())
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
     cursor = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=512))
 
@@ -296,7 +314,8 @@ class WinBackRequestSchema(Schema):
     """A win-back campaign: the audience (segment query filters; default lifecycle dormant) and what it gets."""
 
     name = fields.String(load_default=None, validate=validate.Length(min=1, max=255))
-    audience = fields.Dict(keys=fields.String(), values=AudienceFilterField(), load_default=None, allow_none=True)
+    audience = fields.Dict(keys=fields.String(), values=AudienceFilterField(), load_default=None, allow_none=True,
+                           metadata=audience_filters_doc())
     holdout_fraction = fields.Float(load_default=None, allow_nan=False, validate=validate.Range(min=0, max=0.9))
     offer = fields.Nested(CampaignOfferSchema, load_default=None, allow_none=True)
     recommendations = fields.Nested(CampaignRecommendationsSchema, load_default=None, allow_none=True)
