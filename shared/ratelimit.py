@@ -35,10 +35,11 @@ class RateLimited(DomainError):
     status = 429
     code = "rate_limited"
 
-    def __init__(self, message: str, retry_after: int, limit: int) -> None:
+    def __init__(self, message: str, retry_after: int, limit: int, reset_at: int) -> None:
         super().__init__(message, {"retry_after_seconds": retry_after})
+        # The same headers flask-limiter sends on the per-key limits (RateLimit-Reset in epoch seconds).
         self.headers = {"Retry-After": str(retry_after), "RateLimit-Limit": str(limit),
-                        "RateLimit-Remaining": "0", "RateLimit-Reset": str(retry_after)}
+                        "RateLimit-Remaining": "0", "RateLimit-Reset": str(reset_at)}
 
 
 def _principal_key() -> str:
@@ -105,7 +106,7 @@ def _raise_rate_limited(strategy, item, identifiers) -> None:
     retry_after = max(1, int(reset_at - time.time() + 0.999))
     raise RateLimited(
         f"too many failed authentications from this address; retry after {retry_after} s",
-        retry_after, item.amount,
+        retry_after, item.amount, int(reset_at),
     )
 
 

@@ -98,13 +98,20 @@ def _is_public(ip) -> bool:
                                  or ip.is_link_local or ip.is_private)
 
 
+def _any_in(addresses: list, networks) -> bool:
+    """True when one of the addresses lies in one of the networks (of its own IP version)."""
+    for address in addresses:
+        for network in networks:
+            if address.version == network.version and address in network:
+                return True
+    return False
+
+
 def address_is_allowed(address: str, policy: WebhookPolicy) -> bool:
     """True when a delivery may connect to `address` under `policy` (every embedded IPv4 form checked too)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     candidates = embedded_addresses(ip)
-    in_any = lambda networks: any(candidate in network for candidate in candidates for network in networks  # noqa: E731
-                                  if candidate.version == network.version)
-    if in_any(policy.forbidden):
+    if _any_in(candidates, policy.forbidden):
         return False
     if any(ip in network for network in policy.allowed if ip.version == network.version):
         return True
