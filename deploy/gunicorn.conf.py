@@ -35,6 +35,12 @@ try:
     logconfig_dict = logging_config(loglevel)
 except ImportError:  # run from outside the project: gunicorn's plain text logs
     pass
+
+# gunicorn answers its own limit errors in HTML; it is set at its maximums so the apps, with tighter
+# limits of their own (shared/web.py register_request_limits), answer 414/431 in JSON first.
+limit_request_line = 8190
+limit_request_fields = 200
+limit_request_field_size = 16380
 # Each worker builds its own app (and its own database pool) after the fork.
 preload_app = False
 # The control socket (gunicornc) defaults to one path per user, so two gunicorns of one user would

@@ -48,12 +48,36 @@ DEFAULTS: dict[str, object] = {
     "MAX_BATCH_RECORDS": 5000,
     "MAX_CONTENT_LENGTH": 10 * 1024 * 1024,
     "MAX_FUTURE_SKEW_SECONDS": 86_400,
+    # Request line and header limits the apps answer in JSON (414 / 431); gunicorn's own are set above these.
+    "MAX_REQUEST_LINE": 4096,
+    "MAX_HEADER_FIELDS": 100,
+    "MAX_HEADER_FIELD_BYTES": 8000,
+    # Reverse proxies in front of the apps whose X-Forwarded-For / -Proto to trust (1 behind deploy/nginx).
+    "TRUSTED_PROXY_HOPS": 0,
     # Timestamps without an offset (REST bodies and CSV files) are this zone's local time; it also sets
     # where a day begins in daily figures (purchase days, day-based recency and lifecycle).
     "SHOP_TIMEZONE": "Asia/Shanghai",
     # Timestamps before this (UTC) are rejected at the edge and quarantined by the retrain.
     "MIN_PLAUSIBLE_DATE": "2000-01-01",
     "API_KEY_CACHE_SECONDS": 30,
+    # Rate limits per API key and rate class ("N/second|minute|hour|day", the `limits` notation); counters in
+    # Redis under REDIS_PREFIX. Storefront reads are high, exports and campaign creation low.
+    "RATE_LIMIT_ENABLED": True,
+    "RATE_LIMIT_RECS_READ": "2000/minute",
+    "RATE_LIMIT_SEGMENTS_READ": "600/minute",
+    "RATE_LIMIT_SEGMENTS_EXPORT": "20/minute",
+    "RATE_LIMIT_CAMPAIGNS_READ": "600/minute",
+    "RATE_LIMIT_CAMPAIGNS_CREATE": "20/minute",
+    "RATE_LIMIT_CAMPAIGNS_EXPORT": "20/minute",
+    "RATE_LIMIT_INGEST_WRITE": "600/minute",
+    # The storefront sends feedback about as often as it reads recommendations.
+    "RATE_LIMIT_FEEDBACK_WRITE": "2000/minute",
+    "RATE_LIMIT_ANALYTICS_READ": "600/minute",
+    "RATE_LIMIT_ADMIN": "120/minute",
+    # Failed authentications (no, unknown or revoked key) per client address.
+    "RATE_LIMIT_FAILED_AUTH": "30/minute",
+    # Idempotency keys of campaign creation are scoped to the API key and remembered this long.
+    "IDEMPOTENCY_KEY_TTL_HOURS": 24,
     # Demo.
     "DEMO_SEED": 7,
     # Business rules (the glossary's numbers; all configurable).
@@ -78,9 +102,13 @@ DEFAULTS: dict[str, object] = {
     "GLOBAL_CONTROL_FRACTION": 0.0,
     "GLOBAL_CONTROL_SALT": "segrec-global-control-v1",
     # Webhooks (the signing key is the environment variable WEBHOOK_SECRET, never a config value).
+    # Webhooks go only to globally routable addresses (Python's ipaddress is_global, IPv4 forms inside IPv6
+    # unwrapped); these networks are refused on top of that, and WEBHOOK_ALLOWED_NETWORKS (e.g. an
+    # intranet CRM's 10.20.0.0/16) are let through despite it. Comma-separated CIDRs.
     "WEBHOOK_FORBIDDEN_NETWORKS": (
         "127.0.0.0/8,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,169.254.0.0/16,0.0.0.0/8,::1/128,fc00::/7,fe80::/10"
     ),
+    "WEBHOOK_ALLOWED_NETWORKS": "",
     "WEBHOOK_BATCH_SIZE": 500,
     "WEBHOOK_TIMEOUT_SECONDS": 10.0,
     "WEBHOOK_MAX_ATTEMPTS": 6,

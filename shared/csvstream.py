@@ -9,6 +9,35 @@ from collections.abc import Callable, Iterator
 
 log = logging.getLogger("segrec.csv")
 
+# A text cell starting with one of these is a formula to Excel, WPS and LibreOffice (OWASP CSV injection).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_cell(value):
+    """A text cell that a spreadsheet would run as a formula, prefixed with a single quote (OWASP's rule).
+
+    Numbers are written as numbers (a negative amount stays -5.0); only text is changed.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
+class FormulaSafeWriter:
+    """csv.writer whose text cells never start a formula: every CSV segrec writes goes through it."""
+
+    def __init__(self, handle, **options) -> None:
+        self._writer = csv.writer(handle, **options)
+
+    def writerow(self, row) -> None:
+        """Write one row, neutralising formula-like text cells."""
+        self._writer.writerow([neutralise_cell(value) for value in row])
+
+    def writerows(self, rows) -> None:
+        """Write many rows, neutralising formula-like text cells."""
+        for row in rows:
+            self.writerow(row)
+
 
 def stream_rows_as_csv(session, result, header, what: str, batch_rows: int = 5000,
                        to_row: Callable | None = None, logger: logging.Logger = log) -> Iterator[str]:
@@ -18,7 +47,7 @@ def stream_rows_as_csv(session, result, header, what: str, batch_rows: int = 500
     last case is logged once, with how far it got), so a dropped download never leaks a connection.
     """
     buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    writer = FormulaSafeWriter(buffer)
     writer.writerow(header)
     rows_sent = 0
     try:

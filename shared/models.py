@@ -21,6 +21,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -234,9 +235,13 @@ class Campaign(Base):
     """A win-back campaign."""
 
     __tablename__ = "campaigns"
+    # An Idempotency-Key belongs to the API key that sent it; it is released (set to NULL) once it expires.
+    __table_args__ = (UniqueConstraint("api_key_id", "idempotency_key", name="uq_campaigns_api_key_idempotency_key"),)
 
     campaign_id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    idempotency_key: Mapped[str] = mapped_column(String(128), nullable=False, unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    # The API key that created the campaign (NULL for campaigns created before keys were recorded).
+    api_key_id: Mapped[int | None] = mapped_column(Integer)
     request_hash: Mapped[str] = mapped_column(String(64), nullable=False)
     name: Mapped[str] = mapped_column(String(255), nullable=False)
     status: Mapped[str] = mapped_column(String(16), nullable=False)

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from flask import current_app, has_app_context
 from marshmallow import Schema, ValidationError, fields, validate
 
-from shared.limits import MAX_MONEY, MAX_SCHEDULE_DAYS_AHEAD, TimeRules, attributes_problem, id_problem
+from shared.limits import MAX_ID_LENGTH, MAX_MONEY, MAX_SCHEDULE_DAYS_AHEAD, TimeRules, attributes_problem, id_problem
 
 
 def time_rules() -> TimeRules:
@@ -17,7 +17,18 @@ def time_rules() -> TimeRules:
     return TimeRules()
 
 
-class ShopDateTime(fields.DateTime):
+class UtcDateTime(fields.DateTime):
+    """A date-time answered in UTC with its offset ("...Z"); stored times are naive UTC."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class ShopDateTime(UtcDateTime):
     """An ISO 8601 timestamp: with an offset as given, without one in the shop's time zone (SHOP_TIMEZONE).
 
     Loads as an aware UTC datetime; rejected outside the plausible window (MIN_PLAUSIBLE_DATE to now
@@ -48,9 +59,40 @@ def check_id(value: str) -> None:
         raise ValidationError(problem)
 
 
+# The id rule as the OpenAPI documents state it (check_id is the authority; it also refuses lone surrogates).
+ID_DOCUMENTED_PATTERN = r"^[^/\x00-\x1f\x7f-\x9f]*$"
+
+
+class DocumentedLength(validate.Length):
+    """minLength/maxLength in the OpenAPI document only: check_id gives the error, in its own words."""
+
+    def __call__(self, value):
+        return value
+
+
+class DocumentedPattern(validate.Regexp):
+    """A pattern in the OpenAPI document only: check_id gives the error, in its own words."""
+
+    def __call__(self, value):
+        return value
+
+
 def Identifier(**kwargs) -> fields.String:
     """An id as clients send it: 1 to 64 characters, no "/" or control characters, stored verbatim."""
-    return fields.String(validate=check_id, **kwargs)
+    documented = [DocumentedLength(min=1, max=MAX_ID_LENGTH), DocumentedPattern(ID_DOCUMENTED_PATTERN)]
+    return fields.String(validate=[*documented, check_id], **kwargs)
+
+
+def check_no_comma(value: str) -> None:
+    """Reject a comma inside one id of a comma-separated list (it would have split the id in two)."""
+    if "," in value:
+        raise ValidationError("must not contain a comma")
+
+
+def DelimitedIdentifier() -> fields.String:
+    """An id inside a comma-separated query list (?exclude=a,b): the rules of Identifier, and no comma."""
+    documented = [DocumentedLength(min=1, max=MAX_ID_LENGTH), DocumentedPattern(r"^[^,/\x00-\x1f\x7f-\x9f]*$")]
+    return fields.String(validate=[*documented, check_no_comma, check_id])
 
 
 def PastDateTime(**kwargs) -> ShopDateTime:
@@ -74,6 +116,31 @@ def check_attributes(value: dict) -> None:
     problem = attributes_problem(value)
     if problem is not None:
         raise ValidationError(problem)
+
+
+# Every error code the APIs answer with (the `code` of the error envelope).
+ERROR_CODES = (
+    "bad_request", "malformed_json", "bad_cursor", "idempotency_key_required", "unauthorized", "forbidden",
+    "not_found", "method_not_allowed", "conflict", "payload_too_large", "batch_too_large", "uri_too_long",
+    "unsupported_media_type", "validation_error", "rate_limited", "header_fields_too_large", "internal_error",
+    "unavailable", "error",
+)
+
+
+class ErrorSchema(Schema):
+    """What went wrong: the HTTP status again, a stable code, a message for people, details per field."""
+
+    status = fields.Integer(required=True)
+    code = fields.String(required=True, validate=validate.OneOf(ERROR_CODES),
+                         metadata={"description": "A stable code a client can act on: " + ", ".join(ERROR_CODES)})
+    message = fields.String(required=True)
+    details = fields.Dict(required=True)
+
+
+class ErrorEnvelopeSchema(Schema):
+    """The one error envelope every endpoint answers with: {"error": {"status", "code", "message", "details"}}."""
+
+    error = fields.Nested(ErrorSchema, required=True)
 
 
 class RejectedRecordSchema(Schema):

@@ -24,12 +24,15 @@ from prometheus_client import multiprocess
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from shared.auth import Forbidden, KeyVerifier
+from shared.auth import Forbidden, KeyVerifier, Unauthorized
 from shared.config import load_config
 from shared.errors import BatchTooLarge, DomainError
 from shared.extensions import db, redis_store
 from shared.ingest import BatchOutcome
+from shared.schemas import ErrorEnvelopeSchema
+from shared.ratelimit import check_failed_auth_budget, count_failed_auth, rate_limited_view
 
 log = logging.getLogger("segrec.web")
 
@@ -76,7 +79,7 @@ _HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "validation_error",
-    429: "too_many_requests",
+    429: "rate_limited",
 }
 
 
@@ -115,8 +118,17 @@ def handle_http_exception(error: HTTPException) -> Response:
 
 
 def handle_domain_error(error: DomainError) -> Response:
-    """A typed domain error: its own status and code."""
-    return error_response(error.status, error.code, error.message, error.details)
+    """A typed domain error: its own status and code (and headers, e.g. Retry-After, when it has some)."""
+    response = error_response(error.status, error.code, error.message, error.details)
+    for name, value in getattr(error, "headers", {}).items():
+        response.headers[name] = value
+    return response
+
+
+def handle_too_deep(error: RecursionError) -> Response:
+    """A body nested deeper than the parsers recurse (webargs parses JSON with the recursive stdlib decoder)."""
+    log.warning("recursion limit on %s %s: %s", request.method, request.path, str(error)[:200])
+    return error_response(400, "malformed_json", "the request body is nested too deeply")
 
 
 def handle_unexpected(error: Exception) -> Response:
@@ -129,6 +141,7 @@ def register_errors(app: Flask) -> None:
     """Install the error envelope for every kind of failure, over flask-smorest's own handler."""
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(DomainError, handle_domain_error)
+    app.register_error_handler(RecursionError, handle_too_deep)
     app.register_error_handler(Exception, handle_unexpected)
 
 
@@ -137,23 +150,81 @@ def register_auth(app: Flask) -> None:
     app.extensions["segrec_keys"] = KeyVerifier(db, cache_seconds=app.config["API_KEY_CACHE_SECONDS"])
 
 
-def require_scope(scope: str):
-    """Decorator: the caller's key must carry `scope` (or admin); documented in OpenAPI."""
+def authenticate(scope: str):
+    """The caller of this request, checked for `scope`; failed attempts spend the address's budget."""
+    verifier: KeyVerifier = current_app.extensions["segrec_keys"]
+    check_failed_auth_budget()
+    try:
+        principal = verifier.verify(request.headers.get("Authorization"))
+    except Unauthorized:
+        count_failed_auth()
+        raise
+    if not principal.allows(scope):
+        raise Forbidden(f"this key lacks the '{scope}' scope", {"required_scope": scope})
+    return principal
+
+
+# The error statuses every endpoint behind a key can answer, besides its own (documented in OpenAPI).
+AUTHENTICATED_ERROR_RESPONSES = {"400": "BAD_REQUEST", "401": "UNAUTHORIZED", "403": "FORBIDDEN",
+                                 "429": "TOO_MANY_REQUESTS"}
+
+
+def takes_json_body(view) -> bool:
+    """True when flask-smorest's @blp.arguments gave the view a JSON body."""
+    parameters = getattr(view, "_apidoc", {}).get("arguments", {}).get("parameters", [])
+    return any(parameter.get("in") == "json" for parameter in parameters)
+
+
+def require_json_body() -> None:
+    """A request without the JSON body its endpoint documents is 400 (not an empty object); another format 415."""
+    if not request.get_data(cache=True):
+        raise BodyRequired("this endpoint needs a JSON request body", {"json": ["a request body is required"]})
+    if not request.is_json:
+        raise UnsupportedBody("send the body as JSON (Content-Type: application/json)",
+                              {"Content-Type": ["application/json"]})
+
+
+class BodyRequired(DomainError):
+    """A request without the JSON body its endpoint needs."""
+
+    status = 400
+    code = "bad_request"
+
+
+class UnsupportedBody(DomainError):
+    """A request body that is not JSON."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+def require_scope(scope: str, rate_class: str | None = None):
+    """Decorator: the caller's key must carry `scope` (or admin); documented in OpenAPI.
+
+    Each key then has a request budget per `rate_class` (default: the scope's name), see shared/ratelimit.py.
+    """
 
     def decorator(view):
+        needs_body = takes_json_body(view)
+
+        @functools.wraps(view)
+        def body_checked(*args, **kwargs):
+            if needs_body:
+                require_json_body()
+            return view(*args, **kwargs)
+
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
-            verifier: KeyVerifier = current_app.extensions["segrec_keys"]
-            principal = verifier.verify(request.headers.get("Authorization"))
-            if not principal.allows(scope):
-                raise Forbidden(f"this key lacks the '{scope}' scope", {"required_scope": scope})
-            g.principal = principal
-            return view(*args, **kwargs)
+            g.principal = authenticate(scope)
+            return rate_limited_view(body_checked, rate_class or scope)(*args, **kwargs)
 
         wrapper._required_scope = scope
         apidoc = deepcopy(getattr(wrapper, "_apidoc", {}))
         manual = apidoc.setdefault("manual_doc", {})
         manual["security"] = [{"bearerAuth": []}]
+        responses = manual.setdefault("responses", {})
+        for status, name in AUTHENTICATED_ERROR_RESPONSES.items():
+            responses.setdefault(status, name)
         manual.setdefault("description", "")
         manual["description"] = (manual["description"] + f"\n\nRequires scope `{scope}`.").strip()
         wrapper._apidoc = apidoc
@@ -207,17 +278,24 @@ def register_swagger_ui_files(app: Flask) -> None:
         return send_from_directory(str(swagger_ui_path), filename, max_age=86400)
 
 
+class SegrecApi(Api):
+    """flask-smorest's Api documenting the error envelope the services really send for every error status."""
+
+    ERROR_SCHEMA = ErrorEnvelopeSchema
+
+
 def create_api(app: Flask, title: str) -> Api:
     """flask-smorest Api with the OpenAPI document at /openapi.json and a page at /docs."""
     app.config.setdefault("API_TITLE", title)
     app.config.setdefault("API_VERSION", "v1")
-    app.config.setdefault("OPENAPI_VERSION", "3.0.3")
+    # 3.1: a nullable nested object is documented as "that object or null" (3.0 output allowed any object).
+    app.config.setdefault("OPENAPI_VERSION", "3.1.0")
     app.config.setdefault("OPENAPI_URL_PREFIX", "/")
     app.config.setdefault("OPENAPI_JSON_PATH", "openapi.json")
     # The page and Swagger UI's scripts are both served by the app (register_swagger_ui_files).
     app.config.setdefault("OPENAPI_SWAGGER_UI_PATH", "docs")
     app.config.setdefault("OPENAPI_SWAGGER_UI_URL", SWAGGER_UI_FILES_URL)
-    api = Api(app, spec_kwargs={"info": {"description": f"segrec {title}"}, "extra_plugins": [OperationIdPlugin()]})
+    api = SegrecApi(app, spec_kwargs={"info": {"description": f"segrec {title}"}, "extra_plugins": [OperationIdPlugin()]})
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
     register_swagger_ui_files(app)
     return api
@@ -369,21 +447,27 @@ def json_response(payload: dict, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status=status, mimetype="application/json")
 
 
+# Overlapping concurrent batches can collide on a new id more than once in a row; each retry sees more of the
+# other requests' rows, so a few attempts always resolve it.
+BATCH_WRITE_ATTEMPTS = 6
+
+
 def run_batch(batch: RecordBatch, id_field: str, write) -> dict:
     """Write a batch's valid records with `write(session, records)` and merge in the invalid ones.
 
     A concurrent request may insert the same new id between our read and our write; the unique key
-    then fails the transaction, and one retry sees the other request's rows and treats them as known.
+    then fails the transaction, and a retry sees the other request's rows and treats them as known.
     """
-    attempts = 2
-    for attempt in range(attempts):
+    for attempt in range(BATCH_WRITE_ATTEMPTS):
         try:
             with db.session() as session:
                 outcome = write(session, batch.accepted) if batch.accepted else None
             break
         except IntegrityError:
-            if attempt == attempts - 1:
+            if attempt == BATCH_WRITE_ATTEMPTS - 1:
                 raise
+            log.info("batch write collided with a concurrent batch (attempt %d); retrying", attempt + 1)
+            time.sleep(0.01 * (attempt + 1))
     if outcome is None:
         outcome = BatchOutcome()
     for index, record, errors in batch.rejected:
@@ -412,6 +496,33 @@ def register_config(app: Flask, overrides: dict | None) -> None:
     if not app.config["REDIS_URL"]:
         app.config["REDIS_URL"] = DEFAULT_REDIS_URL
     app.json = OrjsonProvider(app)
+    hops = int(app.config["TRUSTED_PROXY_HOPS"])
+    if hops > 0:
+        # Behind nginx the peer is the proxy: the client's address (for the failed-auth budget) is in X-Forwarded-For.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
+    register_request_limits(app)
+
+
+def register_request_limits(app: Flask) -> None:
+    """414 / 431 in the JSON envelope for a request line or header fields over the configured limits."""
+
+    @app.before_request
+    def check_request_size():
+        config = current_app.config
+        request_line = request.environ.get("RAW_URI") or request.full_path
+        if len(request_line) > int(config["MAX_REQUEST_LINE"]):
+            return error_response(414, "uri_too_long",
+                                  f"the request line is longer than {config['MAX_REQUEST_LINE']} bytes",
+                                  {"max_bytes": config["MAX_REQUEST_LINE"]})
+        headers = list(request.headers.items())
+        too_many = len(headers) > int(config["MAX_HEADER_FIELDS"])
+        too_long = any(len(name) + len(value) + 2 > int(config["MAX_HEADER_FIELD_BYTES"]) for name, value in headers)
+        if too_many or too_long:
+            return error_response(431, "header_fields_too_large",
+                                  "too many header fields or one too long",
+                                  {"max_fields": config["MAX_HEADER_FIELDS"],
+                                   "max_field_bytes": config["MAX_HEADER_FIELD_BYTES"]})
+        return None
 
 
 def register_extensions(app: Flask) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from shared.ratelimit import register_rate_limits
 from shared.web import (
     create_api,
     register_auth,
@@ -42,6 +43,7 @@ def create_app(config: dict | None = None) -> Flask:
     register_request_id(app)
     register_extensions(app)
     register_auth(app)
+    register_rate_limits(app)
     api = create_api(app, "recommend")
     register_blueprints(api)
     register_probes(app, SERVICE, published_model_exists)

