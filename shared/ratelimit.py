@@ -51,7 +51,11 @@ def _principal_key() -> str:
 
 
 def _retry_after_only_on_429(response):
-    if response.status_code not in (429, 503):
+    """Keep flask-limiter's Retry-After on a 429 only; a 503 keeps the Retry-After its error set."""
+    own = g.get("retry_after")
+    if own is not None:
+        response.headers["Retry-After"] = own
+    elif response.status_code != 429:
         response.headers.pop("Retry-After", None)
     return response
 

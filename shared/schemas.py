@@ -123,7 +123,7 @@ ERROR_CODES = (
     "bad_request", "malformed_json", "bad_cursor", "idempotency_key_required", "unauthorized", "forbidden",
     "not_found", "method_not_allowed", "conflict", "payload_too_large", "batch_too_large", "uri_too_long",
     "unsupported_media_type", "validation_error", "rate_limited", "header_fields_too_large", "internal_error",
-    "unavailable", "error",
+    "unavailable", "feedback_backlog", "error",
 )
 
 
@@ -135,6 +135,7 @@ class ErrorSchema(Schema):
                          metadata={"description": "A stable code a client can act on: " + ", ".join(ERROR_CODES)})
     message = fields.String(required=True)
     details = fields.Dict(required=True)
+    request_id = fields.String(metadata={"description": "The request's id (X-Request-ID), for the logs"})
 
 
 class ErrorEnvelopeSchema(Schema):

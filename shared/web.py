@@ -122,6 +122,9 @@ def handle_domain_error(error: DomainError) -> Response:
     response = error_response(error.status, error.code, error.message, error.details)
     for name, value in getattr(error, "headers", {}).items():
         response.headers[name] = value
+    if "Retry-After" in getattr(error, "headers", {}):
+        # The rate limiter's after-request hook would put its own window's Retry-After in its place.
+        g.retry_after = error.headers["Retry-After"]
     return response
 
 

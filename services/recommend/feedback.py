@@ -23,6 +23,7 @@ from datetime import datetime
 import orjson
 import redis
 
+from shared.errors import DomainError
 from shared.extensions import redis_store
 from shared.ingest import utcnow
 
@@ -41,6 +42,18 @@ if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
 end
 return redis.call('XADD', KEYS[1], '*', 'events', ARGV[2])
 """
+
+
+class FeedbackBacklog(DomainError):
+    """The feedback stream is full: the storefront should retry after a few seconds (503 with Retry-After)."""
+
+    status = 503
+    code = "feedback_backlog"
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        super().__init__("feedback is arriving faster than it is stored; retry after a few seconds",
+                         {"retry_after_seconds": int(retry_after_seconds)})
+        self.headers = {"Retry-After": str(int(retry_after_seconds))}
 
 
 class StreamFull(Exception):

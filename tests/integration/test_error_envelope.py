@@ -24,8 +24,12 @@ def writer(make_key):
 def assert_envelope(response, status):
     assert response.status_code == status, response.get_data(as_text=True)[:300]
     assert response.mimetype == "application/json"
-    assert set(response.json["error"]) == {"status", "code", "message", "details"}
+    # request_id is there whenever Flask saw the request (not for a request line refused before routing).
+    assert set(response.json["error"]) - {"request_id"} == {"status", "code", "message", "details"}
     assert response.json["error"]["status"] == status
+    if "request_id" in response.json["error"]:
+        # The id the answer's header carries, so a report can be matched with the logs.
+        assert response.json["error"]["request_id"] == response.headers["X-Request-ID"]
 
 
 @pytest.mark.parametrize("service, path", BATCH_ENDPOINTS)

@@ -7,7 +7,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from prometheus_client import Counter
 
-from services.recommend.feedback import FeedbackWriter, StreamFull
+from services.recommend.feedback import FeedbackBacklog, FeedbackWriter, StreamFull
 from services.recommend.online_metrics import online_metrics
 from services.recommend.schemas import FeedbackBatchSchema, FeedbackResultSchema, MetricsArgsSchema, MetricsSchema
 from shared.web import json_response, record_id, require_scope
@@ -35,15 +35,9 @@ class Feedback(MethodView):
         if events:
             try:
                 writer.append(events, current_app.config["FEEDBACK_STREAM_MAX_LENGTH"])
-            except StreamFull:
+            except StreamFull as full:
                 FEEDBACK_REFUSED.inc()
-                retry_after = str(current_app.config["FEEDBACK_RETRY_AFTER_SECONDS"])
-                response = json_response({"error": {
-                    "status": 503, "code": "feedback_backlog",
-                    "message": "feedback is arriving faster than it is stored; retry after a few seconds",
-                    "details": {"retry_after_seconds": int(retry_after)}}}, status=503)
-                response.headers["Retry-After"] = retry_after
-                return response
+                raise FeedbackBacklog(current_app.config["FEEDBACK_RETRY_AFTER_SECONDS"]) from full
             by_type: dict[str, int] = {}
             for event in events:
                 by_type[event["type"]] = by_type.get(event["type"], 0) + 1
