@@ -18,7 +18,7 @@ import orjson
 import redis
 from sqlalchemy.dialects import postgresql, sqlite
 
-from services.recommend.feedback import CONSUMER_GROUP, FEEDBACK_STREAM, SERVED_STREAM, stream_key
+from services.recommend.feedback import CONSUMER_GROUP, EVENT_FIELDS, FEEDBACK_STREAM, SERVED_STREAM, stream_key
 from shared.extensions import db, redis_store
 from shared.ingest import utcnow
 from shared.models import FeedbackEvent, ServedRecommendation
@@ -53,17 +53,10 @@ def feedback_rows(fields: dict, received_at: datetime) -> list[dict]:
     """The feedback_events rows of one stream entry (one POST's events)."""
     rows = []
     for event in orjson.loads(fields[b"events"]):
-        rows.append({
-            "event_id": event["event_id"],
-            "type": event["type"],
-            "recommendation_id": event.get("recommendation_id"),
-            "customer_id": event.get("customer_id"),
-            "session_id": event.get("session_id"),
-            "sku": event.get("sku"),
-            "skus": event.get("skus"),
-            "occurred_at": _naive_utc(event["occurred_at"]),
-            "received_at": received_at,
-        })
+        row = {name: event.get(name) for name in EVENT_FIELDS}
+        row["occurred_at"] = _naive_utc(event["occurred_at"])
+        row["received_at"] = received_at
+        rows.append(row)
     return rows
 
 

@@ -69,18 +69,15 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+# What an event carries besides its time, as the stream holds it and as feedback_events stores it.
+EVENT_FIELDS = ("event_id", "type", "recommendation_id", "customer_id", "session_id", "sku", "skus")
+
+
 def event_payload(event: dict) -> dict:
     """A validated event as the stream carries it (times as ISO 8601 UTC strings)."""
-    return {
-        "event_id": event["event_id"],
-        "type": event["type"],
-        "recommendation_id": event.get("recommendation_id"),
-        "customer_id": event.get("customer_id"),
-        "session_id": event.get("session_id"),
-        "sku": event.get("sku"),
-        "skus": event.get("skus"),
-        "occurred_at": _iso(event["occurred_at"]),
-    }
+    payload = {name: event.get(name) for name in EVENT_FIELDS}
+    payload["occurred_at"] = _iso(event["occurred_at"])
+    return payload
 
 
 class FeedbackWriter:
