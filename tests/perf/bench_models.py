@@ -16,14 +16,13 @@ NDCG@10 (cases sampled to at most MAX_CASES, seeded, the same sample for every m
   for that peer, is printed next to it).
 
 Ratios: segrec / best of the five peers, and segrec / best of popularity, cosine, BM25 and rules.
-Shapes: groceries.csv and online_retail_2010-12.csv (tests/data/ when present, else ../shared/data/;
-skipped when absent) and the synthetic generators of services/recommend/evaluation.py.
+Shapes: groceries.csv and online_retail_2010-12.csv from tests/data/ (their sources and licences are in
+tests/data/README.md) and the synthetic generators of services/recommend/evaluation.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,17 +48,9 @@ from services.recommend.selection import (  # noqa: E402
     validation_split,
 )
 
-SHARED_DATA = Path(os.environ.get("SEGREC_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
-
-
-def _data_file(name: str) -> Path:
-    """tests/data/NAME when the repository carries it, else the shared reference data."""
-    local = REPO_ROOT / "tests" / "data" / name
-    return local if local.exists() else SHARED_DATA / name
-
-
-GROCERIES = _data_file("groceries.csv")
-ONLINE_RETAIL = _data_file("online_retail_2010-12.csv")
+TEST_DATA = REPO_ROOT / "tests" / "data"
+GROCERIES = TEST_DATA / "groceries.csv"
+ONLINE_RETAIL = TEST_DATA / "online_retail_2010-12.csv"
 MAX_CASES = 5000
 QUICK_MAX_CASES = 1000
 EASE_L2_RATIOS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
