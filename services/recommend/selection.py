@@ -206,13 +206,14 @@ def evaluate_fitted(model, cases, weights=None) -> list[tuple[float, float, floa
 def select_model(baskets, basket_times, settings: SelectionSettings | None = None):
     """(unfitted winner, report): compare every candidate on the window's own validation split."""
     settings = settings or SelectionSettings()
-    matrix = binary_baskets(baskets)
-    times = np.asarray(basket_times, dtype=float)
     report = {"candidates": [], "cases": 0, "validation_fraction": settings.validation_fraction}
     if not settings.enabled:
         return _keep_default(report, "model selection is disabled (MODEL_SELECTION)")
-    if matrix.shape[0] < 2:
+    # Checked before the matrix is built: a shop with no orders yet has an empty basket matrix.
+    if baskets.shape[0] < 2:
         return _keep_default(report, "fewer than two orders in the training window")
+    matrix = binary_baskets(baskets)
+    times = np.asarray(basket_times, dtype=float)
     fit_idx, validation_idx = validation_split(times, settings.validation_fraction)
     cases = sampled_cases(matrix, validation_idx, settings.max_cases, settings.seed)
     report["cases"] = len(cases)

@@ -133,3 +133,10 @@ def test_selection_can_be_switched_off():
     model, report = select_model(baskets, times, SelectionSettings.from_config({"MODEL_SELECTION": False}))
     assert isinstance(model, CoPurchaseCandidate) and model.beta is None
     assert report["reason"] == "kept the default model: model selection is disabled (MODEL_SELECTION)"
+
+
+def test_a_shop_without_orders_keeps_the_default_and_says_why():
+    """An empty basket matrix (a shop with fewer than 50 orders) is reported, not an error."""
+    model, report = select_model(sp.csr_matrix((0, 5), dtype=np.float32), np.zeros(0))
+    assert report["chosen"]["name"] == "co_purchase"
+    assert report["reason"] == "kept the default model: fewer than two orders in the training window"
