@@ -12,8 +12,15 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 # Acceptance of these valid-looking requests depends on more than a schema can say, so the one check that
 # expects every schema-valid request to succeed (positive_data_acceptance) is left out for them alone:
 # a webhook URL must resolve to a globally routable address (DNS), and a range's lower bound must not exceed
-# its upper bound (a rule across two fields). Every other check runs on them, and all checks on the rest.
-CROSS_FIELD_RULES = {("POST", "/v1/campaigns/win-back"), ("POST", "/v1/segments/query")}
+# its upper bound (a rule across two fields), a metrics period spans at most 366 days from `from` to `to`,
+# and an experiment's variants need weights that leave traffic for each and dates in order. Every other
+# check runs on them, and all checks on the rest.
+CROSS_FIELD_RULES = {
+    ("POST", "/v1/campaigns/win-back"),
+    ("POST", "/v1/segments/query"),
+    ("GET", "/v1/recommendations/metrics"),
+    ("POST", "/v1/experiments"),
+}
 
 # Examples per operation: about 20 operations per service, so a run takes a couple of minutes on 2 cores.
 EXAMPLES_PER_OPERATION = 12
