@@ -38,7 +38,8 @@ from scipy.linalg import lapack
 from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
-from services.recommend.cooccurrence import CartScoring, CoPurchaseModel, top_n_per_row
+from services.recommend.cooccurrence import CartScoring, CoPurchaseModel, InvalidBasketsError, top_n_per_row
+from services.recommend.cooccurrence import binary_baskets as cooccurrence_binary_baskets
 from services.recommend.popularity import decay_weights
 
 # A beta of 0 keeps popularity as the tie-breaker only (and as the backfill order of short lists).
@@ -50,16 +51,11 @@ class InvalidCandidateInputError(ValueError):
 
 
 def binary_baskets(baskets) -> sp.csr_matrix:
-    """A binary float32 CSR copy of a basket matrix (duplicates and quantities collapse to 1)."""
-    if not sp.issparse(baskets):
-        raise InvalidCandidateInputError("baskets must be a scipy.sparse matrix (n_baskets, n_items)")
-    matrix = sp.csr_matrix(baskets, dtype=np.float32, copy=True)
-    if matrix.shape[0] == 0 or matrix.shape[1] == 0:
-        raise InvalidCandidateInputError("baskets must have at least one basket and one item")
-    matrix.sum_duplicates()
-    matrix.eliminate_zeros()
-    matrix.data[:] = 1.0
-    return matrix
+    """A binary float32 CSR copy of a basket matrix, as every candidate fits on (cooccurrence's one rule)."""
+    try:
+        return cooccurrence_binary_baskets(baskets)
+    except InvalidBasketsError as error:
+        raise InvalidCandidateInputError(str(error)) from error
 
 
 def prune_rows(matrix, n: int) -> sp.csr_matrix:

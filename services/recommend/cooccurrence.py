@@ -70,7 +70,7 @@ class UnknownItemError(IndexError):
     """Raised when an item index is outside 0..n_items-1."""
 
 
-def _binary_csr(baskets) -> sp.csr_matrix:
+def binary_baskets(baskets) -> sp.csr_matrix:
     """Validate and return a binary float32 CSR copy of the baskets."""
     if not sp.issparse(baskets):
         raise InvalidBasketsError("baskets must be a scipy.sparse matrix (n_baskets, n_items)")
@@ -161,7 +161,7 @@ class CoPurchaseModel(BaseEstimator):
     def fit(self, baskets, basket_times=None):
         """Learn item counts, pruned co-purchase scores and the popularity prior."""
         self._validate_params()
-        matrix = _binary_csr(baskets)
+        matrix = binary_baskets(baskets)
         n_baskets, n_items = matrix.shape
         if basket_times is not None:
             basket_times = np.asarray(basket_times, dtype=float)
