@@ -170,6 +170,17 @@ def _rows_to_csr(rows, n_items) -> sp.csr_matrix:
     return matrix
 
 
+def _synthetic_shop(name: str, rows: list, n_items: int, rng, n_customers: int) -> dict:
+    """A generated shop: its baskets, sorted times spread over a year, and a customer per basket."""
+    n_baskets = len(rows)
+    return {
+        "name": name,
+        "baskets": _rows_to_csr(rows, n_items),
+        "times": np.sort(rng.uniform(0, 365, n_baskets)),
+        "customers": rng.integers(0, n_customers, n_baskets),
+    }
+
+
 def synthetic_strong_pairs(n_baskets=6000, n_groups=10, random_state=0) -> dict:
     """Few items in complementary triples (phone / case / charger) plus popular fillers."""
     rng = np.random.default_rng(random_state)
@@ -191,12 +202,7 @@ def synthetic_strong_pairs(n_baskets=6000, n_groups=10, random_state=0) -> dict:
         if not items:
             items = [n_groups * 3 + rng.choice(n_fillers, p=filler_popularity)]
         rows.append(np.unique(items))
-    return {
-        "name": "strong_pairs",
-        "baskets": _rows_to_csr(rows, n_items),
-        "times": np.sort(rng.uniform(0, 365, n_baskets)),
-        "customers": rng.integers(0, n_baskets // 4, n_baskets),
-    }
+    return _synthetic_shop("strong_pairs", rows, n_items, rng, n_customers=n_baskets // 4)
 
 
 def synthetic_long_tail(n_baskets=20000, n_items=2000, n_topics=40, random_state=0) -> dict:
@@ -216,12 +222,7 @@ def synthetic_long_tail(n_baskets=20000, n_items=2000, n_topics=40, random_state
         chosen = rng.choice(topic_items[topic], size=n_topic_items, p=topic_probs[topic])
         staples = rng.choice(n_staples, size=rng.poisson(1.0), p=staple_probs)
         rows.append(np.unique(np.concatenate([chosen, staples])))
-    return {
-        "name": "long_tail",
-        "baskets": _rows_to_csr(rows, n_items),
-        "times": np.sort(rng.uniform(0, 365, n_baskets)),
-        "customers": rng.integers(0, n_baskets // 5, n_baskets),
-    }
+    return _synthetic_shop("long_tail", rows, n_items, rng, n_customers=n_baskets // 5)
 
 
 def synthetic_priced_catalogue(n_baskets=8000, n_mains=60, random_state=0) -> dict:
@@ -262,15 +263,8 @@ def synthetic_priced_catalogue(n_baskets=8000, n_mains=60, random_state=0) -> di
         if not items:
             items = [main * 3]
         rows.append(np.unique(items))
-    return {
-        "name": "priced_catalogue",
-        "baskets": _rows_to_csr(rows, n_items),
-        "times": np.sort(rng.uniform(0, 365, n_baskets)),
-        "customers": rng.integers(0, n_baskets // 3, n_baskets),
-        "price": price,
-        "cost": cost,
-        "category": category,
-    }
+    shop = _synthetic_shop("priced_catalogue", rows, n_items, rng, n_customers=n_baskets // 3)
+    return {**shop, "price": price, "cost": cost, "category": category}
 
 
 def split_and_cases(baskets, basket_times, train_fraction=0.8, seed=42):
@@ -305,12 +299,7 @@ def synthetic_dense_accessories(n_baskets=6000, n_devices=8, random_state=0) -> 
         n_other = size - n_family
         items += list(n_devices * 4 + rng.choice(n_universal, size=n_other, replace=False, p=universal_weight))
         rows.append(np.unique(items))
-    return {
-        "name": "dense_accessories",
-        "baskets": _rows_to_csr(rows, n_items),
-        "times": np.sort(rng.uniform(0, 365, n_baskets)),
-        "customers": rng.integers(0, n_baskets // 3, n_baskets),
-    }
+    return _synthetic_shop("dense_accessories", rows, n_items, rng, n_customers=n_baskets // 3)
 
 
 def synthetic_cafe(n_baskets=20000, n_items=100, random_state=0) -> dict:
@@ -343,12 +332,7 @@ def synthetic_cafe(n_baskets=20000, n_items=100, random_state=0) -> dict:
         if rng.random() < 0.15:
             items.append(rng.choice(n_drinks, p=drink_weight))
         rows.append(np.unique(items if items else [drink]))
-    return {
-        "name": "cafe",
-        "baskets": _rows_to_csr(rows, n_items),
-        "times": np.sort(rng.uniform(0, 365, n_baskets)),
-        "customers": rng.integers(0, n_baskets // 6, n_baskets),
-    }
+    return _synthetic_shop("cafe", rows, n_items, rng, n_customers=n_baskets // 6)
 
 
 def synthetic_large_sparse(n_baskets=20000, n_items=4000, n_topics=80, random_state=0) -> dict:
@@ -366,12 +350,7 @@ def synthetic_large_sparse(n_baskets=20000, n_items=4000, n_topics=80, random_st
         parts = [rng.choice(topic_items[topic], size=1 + rng.poisson(4), p=topic_probs[topic]) for topic in topics]
         parts.append(rng.choice(n_items, size=rng.poisson(2), p=global_probs))
         rows.append(np.unique(np.concatenate(parts)))
-    return {
-        "name": "large_sparse",
-        "baskets": _rows_to_csr(rows, n_items),
-        "times": np.sort(rng.uniform(0, 365, n_baskets)),
-        "customers": rng.integers(0, n_baskets // 4, n_baskets),
-    }
+    return _synthetic_shop("large_sparse", rows, n_items, rng, n_customers=n_baskets // 4)
 
 
 def synthetic_repeat_purchases(n_customers=1500, n_items=300, baskets_per_customer=10, random_state=0) -> dict:
