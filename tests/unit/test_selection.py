@@ -145,7 +145,7 @@ def test_a_shop_without_orders_keeps_the_default_and_says_why():
     assert report["reason"] == "kept the default model: fewer than two orders in the training window"
 
 
-def two_shops_in_one(n_sparse=4000, n_dense=2000):
+def two_shops_in_one(n_sparse=2000, n_dense=1000):
     """A large sparse catalogue (co-purchase's shape) and a dense accessory one (kNN's) on disjoint skus."""
     sparse = evaluation.synthetic_large_sparse(n_baskets=n_sparse, n_items=600)
     dense = evaluation.synthetic_dense_accessories(n_baskets=n_dense)
