@@ -260,6 +260,8 @@ def _best_eligible(scored: list, n_cases: int, settings: SelectionSettings, repo
     best_single = max(singles, key=lambda entry: (entry[1], entry[2]))
     best = max(scored, key=lambda entry: (entry[1], entry[2]))
     if best is best_single:
+        if report["blend"]["searched"]:
+            report["blend"].update(kept=False, why="no blend scored above the best single model")
         return best
     margin = settings.blend_margin_se * float(np.sqrt(best[1] * (1.0 - best[1]) / n_cases))
     if best[1] - best_single[1] > margin:
