@@ -32,6 +32,8 @@ Pure module: numpy / scipy / scikit-learn / implicit.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import lapack
@@ -128,6 +130,11 @@ class NeighbourCandidate(BaseEstimator):
 
     def fit(self, baskets, basket_times=None):
         """Learn the neighbour lists, their scale, the popularity list and the blend weight."""
+        matrix, basket_times = self._fit_prior(baskets, basket_times)
+        return self._fit_neighbours(self._neighbour_matrix(matrix, basket_times))
+
+    def _fit_prior(self, baskets, basket_times):
+        """(binary matrix, times): checks the input, learns item counts and the popularity list."""
         matrix = binary_baskets(baskets)
         n_baskets, n_items = matrix.shape
         if self.n_neighbours < 1 or self.n_popular < 1 or self.max_cart_items < 1:
@@ -145,8 +152,12 @@ class NeighbourCandidate(BaseEstimator):
         order = np.lexsort((np.arange(n_items), -popularity))[: self.n_popular]
         self.popular_items_ = order
         self.popular_scores_ = popularity[order] / max(float(popularity.max()), 1e-12)
-        raw = prune_rows(self._neighbour_matrix(matrix, basket_times), self.n_neighbours)
-        self.scale_, self.popularity_weight_ = self._scale_and_weight(raw, popularity)
+        return matrix, basket_times
+
+    def _fit_neighbours(self, neighbour_matrix):
+        """Prune and scale the neighbour lists, set the blend weight; returns self."""
+        raw = prune_rows(neighbour_matrix, self.n_neighbours)
+        self.scale_, self.popularity_weight_ = self._scale_and_weight(raw, self.popularity_)
         self.scores_ = sp.csr_matrix(raw / self.scale_)
         self.informativeness_ = np.asarray(self.scores_.sum(axis=1)).ravel()
         return self
@@ -328,27 +339,64 @@ class EASECandidate(NeighbourCandidate):
         self.popularity_half_life_days = popularity_half_life_days
         self.num_threads = num_threads
 
-    def _neighbour_matrix(self, matrix, basket_times):
-        counts = np.asarray(matrix.sum(axis=0)).ravel()
-        sold = np.flatnonzero(counts > 0)
-        covered = sold[np.lexsort((sold, -counts[sold]))[: self.max_items]]
-        covered.sort()
+    def fit(self, baskets, basket_times=None, shared=None):
+        """Learn as every candidate does; shared: an EASEShared of the same baskets (an l2 grid reuses it)."""
+        matrix, basket_times = self._fit_prior(baskets, basket_times)
+        if shared is None:
+            shared = EASEShared.of(matrix, self.max_items, self.n_neighbours, self.num_threads)
+        return self._fit_neighbours(self._ease_lists(shared))
+
+    def _ease_lists(self, shared) -> sp.csr_matrix:
+        """EASE lists of the covered items, cosine lists (on EASE's scale) for the items beyond them."""
+        covered, counts = shared.covered, shared.counts
         self.ease_items_ = covered
         self.l2_ = float(self.l2_ratio * counts[covered].mean())
-        weights = ease_weights(matrix[:, covered], self.l2_)
-        block = prune_rows(sp.csr_matrix(weights), self.n_neighbours).tocoo()
-        ease = sp.csr_matrix((block.data, (covered[block.row], covered[block.col])), shape=(matrix.shape[1],) * 2)
-        if covered.size == sold.size:
+        weights = ease_weights_from_gram(shared.gram.copy(), self.l2_)
+        block = dense_prune_rows(weights, self.n_neighbours).tocoo()
+        del weights
+        ease = sp.csr_matrix((block.data, (covered[block.row], covered[block.col])), shape=(counts.size,) * 2)
+        if shared.beyond is None:
             return ease
-        # Items beyond the EASE block: cosine lists, put on EASE's scale (equal typical row maxima).
-        cosine = prune_rows(implicit_similarity(matrix, "cosine", self.n_neighbours + 1,
-                                                num_threads=self.num_threads), self.n_neighbours)
-        outside = np.ones(matrix.shape[1], dtype=bool)
-        outside[covered] = False
-        cosine = sp.csr_matrix(sp.diags(outside.astype(np.float64)) @ cosine)
         ease_scale = _typical_row_max(ease, counts)
-        cosine_scale = _typical_row_max(cosine, counts)
-        return ease + cosine * (ease_scale / cosine_scale if cosine_scale > 0 else 1.0)
+        cosine_scale = _typical_row_max(shared.beyond, counts)
+        return ease + shared.beyond * (ease_scale / cosine_scale if cosine_scale > 0 else 1.0)
+
+
+@dataclass
+class EASEShared:
+    """What every l2 of an EASE grid shares on one basket matrix: covered items, their Gram, the cosine rest."""
+
+    covered: np.ndarray
+    counts: np.ndarray
+    gram: np.ndarray
+    beyond: sp.csr_matrix | None
+
+    @classmethod
+    def of(cls, matrix, max_items: int, n_neighbours: int, num_threads: int = 0) -> EASEShared:
+        """The max_items most sold items, X'X over them (float32), cosine lists of the items beyond them."""
+        counts = np.asarray(matrix.sum(axis=0)).ravel()
+        sold = np.flatnonzero(counts > 0)
+        covered = np.sort(sold[np.lexsort((sold, -counts[sold]))[:max_items]])
+        block = matrix[:, covered]
+        gram = np.asarray((block.T @ block).todense(), dtype=np.float32)
+        beyond = None
+        if covered.size < sold.size:
+            cosine = prune_rows(implicit_similarity(matrix, "cosine", n_neighbours + 1, num_threads=num_threads),
+                                n_neighbours)
+            outside = np.ones(matrix.shape[1], dtype=bool)
+            outside[covered] = False
+            beyond = sp.csr_matrix(sp.diags(outside.astype(np.float64)) @ cosine)
+        return cls(covered, counts, gram, beyond)
+
+
+def dense_prune_rows(dense: np.ndarray, n: int) -> sp.csr_matrix:
+    """prune_rows of a dense matrix without making all of it sparse: each row's n-th largest value first."""
+    k = min(n, dense.shape[1])
+    if k < 1:
+        return sp.csr_matrix(dense.shape, dtype=np.float64)
+    kth = -np.partition(-dense, k - 1, axis=1)[:, k - 1]
+    rows, cols = np.nonzero((dense >= kth[:, None]) & (dense > 0))
+    return prune_rows(sp.csr_matrix((dense[rows, cols], (rows, cols)), shape=dense.shape), n)
 
 
 def _typical_row_max(matrix, counts) -> float:
@@ -360,9 +408,17 @@ def _typical_row_max(matrix, counts) -> float:
 
 def ease_weights(matrix, l2: float) -> np.ndarray:
     """EASE's item x item weights B (zero diagonal) for a baskets x items matrix, as float32."""
+    return ease_weights_from_gram(np.asarray((matrix.T @ matrix).todense(), dtype=np.float32), l2)
+
+
+def ease_weights_from_gram(gram: np.ndarray, l2: float) -> np.ndarray:
+    """EASE's weights from X'X (float32, overwritten): a Cholesky inverse of X'X + l2 I.
+
+    An eigendecomposition of X'X would serve every l2 of a grid, but costs about four Cholesky
+    inversions (and each l2 still needs an n^3 product), so a 3-value grid shares X'X only.
+    """
     if l2 <= 0:
         raise InvalidCandidateInputError("l2 must be positive")
-    gram = np.asarray((matrix.T @ matrix).todense(), dtype=np.float32)
     gram[np.diag_indices_from(gram)] += np.float32(l2)
     factor, info = lapack.spotrf(gram, lower=1, clean=0, overwrite_a=1)
     if info != 0:
@@ -382,3 +438,80 @@ def ease_weights(matrix, l2: float) -> np.ndarray:
 def default_candidate() -> CoPurchaseCandidate:
     """What a shop with too little data for a comparison gets: today's co-purchase model and prior."""
     return CoPurchaseCandidate(beta=None)
+
+
+# Hyper-parameters a blend sets on all its members alike (and beta, which only the blend applies).
+SHARED_PARAMS = ("beta", "n_neighbours", "n_popular", "max_cart_items", "popularity_half_life_days")
+
+
+def candidate_spec(model) -> dict:
+    """{"name", "params"} of a candidate as a blend member: its own hyper-parameters, not the shared ones."""
+    params = {key: value for key, value in model.get_params().items()
+              if key not in SHARED_PARAMS and key != "num_threads"}
+    return {"name": model.name, "params": params}
+
+
+def candidate_from_spec(name: str, params: dict):
+    """The unfitted candidate of a name and its hyper-parameters (a report row, a blend member)."""
+    params = dict(params or {})
+    if name == "co_purchase":
+        return CoPurchaseCandidate(**params)
+    if name == "conditional_probability":
+        return ConditionalProbabilityCandidate(**params)
+    if name in ("knn_cosine", "knn_bm25"):
+        params.setdefault("weighting", name.split("_", 1)[1])
+        return ImplicitKNNCandidate(**params)
+    if name == "ease":
+        return EASECandidate(**params)
+    if name == "blend":
+        return BlendCandidate(**params)
+    raise ValueError(f"unknown candidate {name!r}")
+
+
+class BlendCandidate(NeighbourCandidate):
+    """A weighted sum of other candidates' scaled neighbour lists, pruned to n_neighbours per item.
+
+    Every candidate's cart score is linear in its (scaled) lists, so a blend of their cart scores is
+    served by the weighted sum of the lists: serving is unchanged. members: [{"name", "params"}]
+    (candidate_spec rows, beta left out), weights: one non-negative weight per member; the blend's
+    own scale and beta apply to the sum as to any candidate.
+    """
+
+    name = "blend"
+    reported_params = ("beta", "members", "weights")
+
+    def __init__(self, members=(), weights=(), beta=0.0, n_neighbours=50, n_popular=200, max_cart_items=20,
+                 popularity_half_life_days=60.0):
+        self.members = members
+        self.weights = weights
+        self.beta = beta
+        self.n_neighbours = n_neighbours
+        self.n_popular = n_popular
+        self.max_cart_items = max_cart_items
+        self.popularity_half_life_days = popularity_half_life_days
+
+    def member_models(self) -> list:
+        """The unfitted members, with the blend's shared settings and no popularity of their own."""
+        if len(self.members) < 1 or len(self.members) != len(self.weights) or min(self.weights) < 0:
+            raise InvalidCandidateInputError("a blend needs one non-negative weight per member, and a member")
+        shared = {"n_neighbours": self.n_neighbours, "n_popular": self.n_popular, "beta": 0.0,
+                  "max_cart_items": self.max_cart_items, "popularity_half_life_days": self.popularity_half_life_days}
+        return [candidate_from_spec(member["name"], {**member.get("params", {}), **shared}) for member in self.members]
+
+    def _neighbour_matrix(self, matrix, basket_times):
+        return self._blend([member.fit(matrix, basket_times) for member in self.member_models()])
+
+    def fit_members(self, fitted_members, baskets, basket_times=None):
+        """Fit from members already fitted on the same baskets (selection's weight grid refits nothing)."""
+        self.member_models()  # the same checks as fit
+        matrix, basket_times = self._fit_prior(baskets, basket_times)
+        return self._fit_neighbours(self._blend(fitted_members))
+
+    def _blend(self, fitted_members) -> sp.csr_matrix:
+        """The weighted sum of the members' scaled lists."""
+        self.members_ = list(fitted_members)
+        total = sp.csr_matrix((self.n_items_, self.n_items_), dtype=np.float64)
+        for weight, member in zip(self.weights, fitted_members):
+            if weight > 0:
+                total = total + float(weight) * member.scores_
+        return total

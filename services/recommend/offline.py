@@ -177,8 +177,8 @@ def format_report(result: dict) -> str:
              f"validation cases; holdout {result['holdout_cases']:,} cases", "",
              f"{'candidate':<26}{'params':<38}{'HR@10':>8}{'NDCG@10':>9}"]
     for row in selection["candidates"]:
-        lines.append(f"{row['name']:<26}{str(row['params']):<38}{row['hr_at_10']:>8.4f}{row['ndcg_at_10']:>9.4f}")
-    lines += [f"chosen: {selection['chosen']['name']} {selection['chosen']['params']} ({selection['reason']})", "",
+        lines.append(f"{row['name']:<26}{params_label(row):<38}{row['hr_at_10']:>8.4f}{row['ndcg_at_10']:>9.4f}")
+    lines += [f"chosen: {selection['chosen']['name']} {params_label(selection['chosen'])} ({selection['reason']})", "",
               f"{'method (held-out orders)':<60}{'HR@10':>8}{'NDCG@10':>9}"]
     for row in result["table"]:
         figures = (f"{row['hr_at_10']:>8.4f}{row['ndcg_at_10']:>9.4f}" if row["hr_at_10"] is not None
@@ -186,3 +186,16 @@ def format_report(result: dict) -> str:
         note = f"  ({row['note']})" if row.get("note") and not row["method"].startswith("segrec") else ""
         lines.append(f"{row['method'][:59]:<60}{figures}{note}")
     return "\n".join(lines)
+
+
+def params_label(row: dict) -> str:
+    """A row's params as text; a blend as its beta and weighted members ("0.5 ease(l2_ratio=0.3) + ...")."""
+    params = row.get("params") or {}
+    if row.get("name") != "blend":
+        return str(params)
+    members = []
+    for weight, member in zip(params.get("weights", []), params.get("members", [])):
+        own = {key: value for key, value in member.get("params", {}).items() if key in ("l2_ratio", "shrinkage")}
+        detail = ",".join(f"{key}={value}" for key, value in own.items())
+        members.append(f"{weight:g} {member['name']}" + (f"({detail})" if detail else ""))
+    return f"beta {params.get('beta')}: " + " + ".join(members)

@@ -29,9 +29,13 @@ from services.recommend.candidates import (
     CoPurchaseCandidate,
     ConditionalProbabilityCandidate,
     TIE_BREAK_WEIGHT,
+    BlendCandidate,
     EASECandidate,
+    EASEShared,
     ImplicitKNNCandidate,
     binary_baskets,
+    candidate_from_spec,
+    candidate_spec,
     default_candidate,
 )
 from services.recommend.evaluation import CartTestCase, time_ordered_split
@@ -53,6 +57,13 @@ class SelectionSettings:
     # A candidate must beat today's model by more than this many standard errors of HR@10 to replace it.
     default_margin_se: float = 1.0
     ease_max_items: int = 4000
+    # Blends of the best blend_members single models (one per family), weights searched on a seeded
+    # sample of blend_search_cases cases; kept only if better than the best single model by more than
+    # blend_margin_se standard errors of HR@10 (a blend has more knobs to fit the validation noise).
+    blend_members: int = 3
+    blend_mixes: tuple = (0.25, 0.5, 0.75)
+    blend_search_cases: int = 5000
+    blend_margin_se: float = 1.0
     n_neighbours: int = 50
     n_popular: int = 200
     extra: dict = field(default_factory=dict)
@@ -221,8 +232,10 @@ def select_model(baskets, basket_times, settings: SelectionSettings | None = Non
     if len(cases) < settings.min_cases:
         return _keep_default(report, f"{len(cases)} validation cases, fewer than the {settings.min_cases} "
                                      "a comparison needs")
-    scored = _score_candidates(matrix[fit_idx], times[fit_idx], cases, settings, report)
-    default, best = scored[0], max(scored, key=lambda entry: (entry[1], entry[2]))
+    scored, best_fits = _score_candidates(matrix[fit_idx], times[fit_idx], cases, settings, report)
+    scored += _blend_rows(matrix[fit_idx], times[fit_idx], cases, settings, best_fits, report)
+    default = scored[0]
+    best = _best_eligible(scored, len(cases), settings, report)
     # The binomial standard error of the best HR@10, not the paired one of the per-case difference: the
     # paired one only measures case noise, and on groceries it let a validation window that favours
     # popularity a little more than the next weeks do switch the model (HTTP HR@10 0.4089 -> 0.4056).
@@ -241,13 +254,41 @@ def select_model(baskets, basket_times, settings: SelectionSettings | None = Non
     return best[0], report
 
 
-def _score_candidates(fit_matrix, fit_times, cases, settings: SelectionSettings, report: dict) -> list:
-    """[(unfitted candidate, HR@10, NDCG@10, report row, per-case hits)], today's default first."""
-    scored = []
+def _best_eligible(scored: list, n_cases: int, settings: SelectionSettings, report: dict):
+    """The best entry; a blend only if it beats the best single model by more than blend_margin_se SE."""
+    singles = [entry for entry in scored if not isinstance(entry[0], BlendCandidate)]
+    best_single = max(singles, key=lambda entry: (entry[1], entry[2]))
+    best = max(scored, key=lambda entry: (entry[1], entry[2]))
+    if best is best_single:
+        if report["blend"]["searched"]:
+            report["blend"].update(kept=False, why="no blend scored above the best single model")
+        return best
+    margin = settings.blend_margin_se * float(np.sqrt(best[1] * (1.0 - best[1]) / n_cases))
+    if best[1] - best_single[1] > margin:
+        report["blend"]["kept"] = True
+        return best
+    report["blend"]["kept"] = False
+    report["blend"]["why"] = (f"the best blend (HR@10 {best[1]:.4f}) beats the best single model "
+                              f"({best_single[1]:.4f}) by no more than {settings.blend_margin_se:g} standard "
+                              f"error ({margin:.4f})")
+    return best_single
+
+
+def _score_candidates(fit_matrix, fit_times, cases, settings: SelectionSettings, report: dict) -> tuple:
+    """([(unfitted candidate, HR@10, NDCG@10, report row, per-case hits)], today's default first;
+    {family: (HR@10, NDCG@10, fitted model)} the best fit of each model family, for the blends)."""
+    scored, best_fits = [], {}
     report["seconds"] = {}
+    ease_shared = None
     for structure in candidate_structures(settings):
         started = time.perf_counter()
-        fitted = clone(structure).fit(fit_matrix, fit_times)
+        if isinstance(structure, EASECandidate):
+            # Every l2 of the grid shares the covered items' X'X and the cosine lists beyond them.
+            ease_shared = ease_shared or EASEShared.of(binary_baskets(fit_matrix), structure.max_items,
+                                                       structure.n_neighbours, structure.num_threads)
+            fitted = clone(structure).fit(fit_matrix, fit_times, shared=ease_shared)
+        else:
+            fitted = clone(structure).fit(fit_matrix, fit_times)
         fit_seconds = time.perf_counter() - started
         betas = list(settings.betas)
         weights = [max(beta, TIE_BREAK_WEIGHT) for beta in betas]
@@ -262,10 +303,72 @@ def _score_candidates(fit_matrix, fit_times, cases, settings: SelectionSettings,
             row = {**candidate.describe(), "hr_at_10": round(hit_rate, 4), "ndcg_at_10": round(ndcg, 4)}
             report["candidates"].append(row)
             scored.append((candidate, hit_rate, ndcg, row, hit))
+            if (hit_rate, ndcg) > best_fits.get(fitted.name, (-1.0, -1.0, None))[:2]:
+                best_fits[fitted.name] = (hit_rate, ndcg, fitted)
         label = f"{fitted.name} {fitted.describe()['params'].get('l2_ratio', '')}".strip()
         report["seconds"][label] = {"fit": round(fit_seconds, 2),
                                     "score": round(time.perf_counter() - started - fit_seconds, 2)}
+    del ease_shared
+    return scored, best_fits
+
+
+def _blend_rows(fit_matrix, fit_times, cases, settings: SelectionSettings, best_fits: dict, report: dict) -> list:
+    """Scored rows (one per beta) of the best blend of the best single models, its weights searched first."""
+    ranked = sorted(best_fits.values(), key=lambda entry: (entry[0], entry[1]), reverse=True)
+    members = [entry[2] for entry in ranked[: settings.blend_members]]
+    report["blend"] = {"members": [member.name for member in members], "searched": []}
+    if len(members) < 2:
+        return []
+    started = time.perf_counter()
+    search_cases = cases
+    if len(cases) > settings.blend_search_cases:
+        picks = np.random.default_rng(settings.seed).choice(len(cases), settings.blend_search_cases, replace=False)
+        search_cases = [cases[index] for index in np.sort(picks)]
+    weights = [max(beta, TIE_BREAK_WEIGHT) for beta in settings.betas]
+    best = None
+    for mix in blend_grid(len(members), settings.blend_mixes):
+        blend = _fitted_blend(members, mix, fit_matrix, fit_times, settings)
+        hits, gains = case_hits(blend, search_cases, weights)
+        hit_rates, ndcgs = hits.mean(axis=1), gains.mean(axis=1)
+        top = int(np.lexsort((-ndcgs, -hit_rates))[0])
+        report["blend"]["searched"].append({"weights": [round(w, 4) for w in mix],
+                                            "hr_at_10": round(float(hit_rates[top]), 4)})
+        if best is None or (hit_rates[top], ndcgs[top]) > best[:2]:
+            best = (hit_rates[top], ndcgs[top], blend)
+    blend = best[2]
+    hits, gains = case_hits(blend, cases, weights)
+    scored = []
+    for beta, hit, gain in zip(settings.betas, hits, gains):
+        candidate = clone(blend).set_params(beta=beta)
+        row = {**candidate.describe(), "hr_at_10": round(float(hit.mean()), 4),
+               "ndcg_at_10": round(float(gain.mean()), 4)}
+        report["candidates"].append(row)
+        scored.append((candidate, float(hit.mean()), float(gain.mean()), row, hit))
+    report["seconds"]["blend"] = {"fit": 0.0, "score": round(time.perf_counter() - started, 2)}
     return scored
+
+
+def blend_grid(n_members: int, mixes) -> list:
+    """Weight vectors searched: every pair of members at each mix (1 - t, t), and equal thirds of three."""
+    grid = []
+    for first in range(n_members):
+        for second in range(first + 1, n_members):
+            for mix in mixes:
+                weights = [0.0] * n_members
+                weights[first], weights[second] = 1.0 - mix, mix
+                grid.append(weights)
+    if n_members >= 3:
+        grid.append([1.0 / 3] * 3 + [0.0] * (n_members - 3))
+    return grid
+
+
+def _fitted_blend(members, mix, fit_matrix, fit_times, settings: SelectionSettings) -> BlendCandidate:
+    """A blend of the members with non-zero weight, fitted from their fits."""
+    used = [(member, weight) for member, weight in zip(members, mix) if weight > 0]
+    blend = BlendCandidate(members=[candidate_spec(member) for member, _weight in used],
+                           weights=[round(float(weight), 4) for _member, weight in used],
+                           n_neighbours=settings.n_neighbours, n_popular=settings.n_popular)
+    return blend.fit_members([member for member, _weight in used], fit_matrix, fit_times)
 
 
 def _keep_default(report: dict, why: str):
@@ -278,14 +381,4 @@ def _keep_default(report: dict, why: str):
 
 def candidate_from_row(row: dict):
     """The unfitted candidate a report row names ({"name", "params"}), e.g. a previous run's choice."""
-    name, params = row["name"], dict(row.get("params") or {})
-    if name == "co_purchase":
-        return CoPurchaseCandidate(**params)
-    if name == "conditional_probability":
-        return ConditionalProbabilityCandidate(**params)
-    if name in ("knn_cosine", "knn_bm25"):
-        params.setdefault("weighting", name.split("_", 1)[1])
-        return ImplicitKNNCandidate(**params)
-    if name == "ease":
-        return EASECandidate(**params)
-    raise ValueError(f"unknown candidate {name!r}")
+    return candidate_from_spec(row["name"], row.get("params") or {})

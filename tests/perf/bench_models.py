@@ -172,6 +172,7 @@ def run_shape(name, data, max_cases, settings) -> dict:
     best_classic = max(row["hr_at_10"] for row in peers if row["method"] in CLASSIC_PEERS)
     return {"name": name, "orders": data["baskets"].shape[0], "items": data["baskets"].shape[1],
             "cases": len(cases), "selection_cases": selection["cases"], "rows": rows,
+            "blend": selection.get("blend"),
             "vs_best_peer": segrec["hr_at_10"] / best_peer if best_peer else float("inf"),
             "vs_best_classic": segrec["hr_at_10"] / best_classic if best_classic else float("inf")}
 
@@ -185,6 +186,12 @@ def print_shape(result: dict) -> None:
         figures = (f"{row['hr_at_10']:>8.4f}{row['ndcg_at_10']:>9.4f}" if row["hr_at_10"] is not None
                    else f"{'-':>8}{'-':>9}")
         print(f"{row['method']:<18}{figures}{row.get('seconds', 0):>9.2f}  {row.get('note', '')}")
+    blend = result.get("blend") or {}
+    if blend.get("searched"):
+        best = max(blend["searched"], key=lambda row: row["hr_at_10"])
+        print(f"blend of {', '.join(blend['members'])}: best weights {best['weights']} "
+              f"(HR@10 {best['hr_at_10']:.4f} on the search cases); kept: {blend.get('kept', False)} "
+              f"{blend.get('why', '')}")
     print(f"segrec / best of the five peers: {result['vs_best_peer']:.3f}x; "
           f"segrec / best of popularity, cosine, BM25, rules: {result['vs_best_classic']:.3f}x")
 

@@ -6,17 +6,21 @@ import scipy.sparse as sp
 
 from services.recommend import evaluation
 from services.recommend.candidates import (
+    BlendCandidate,
     CoPurchaseCandidate,
     ConditionalProbabilityCandidate,
     EASECandidate,
     ImplicitKNNCandidate,
+    EASEShared,
     InvalidCandidateInputError,
+    candidate_spec,
+    dense_prune_rows,
     ease_weights,
     pair_counts,
     prune_rows,
 )
 from services.recommend.crosssell import recommend_for_cart
-from services.recommend.selection import evaluate_fitted
+from services.recommend.selection import candidate_from_row, evaluate_fitted
 
 # Four baskets over four items: 0 and 1 go together, 2 is alone twice, 3 with 0 once.
 BASKETS = sp.csr_matrix(np.array([
@@ -121,3 +125,46 @@ def test_invalid_input_raises():
         ImplicitKNNCandidate(weighting="jaccard").fit(BASKETS)
     with pytest.raises(InvalidCandidateInputError):
         ease_weights(BASKETS, 0.0)
+
+
+def test_a_blend_serves_the_weighted_sum_of_its_members_scaled_lists():
+    data = evaluation.synthetic_long_tail(n_baskets=2000, n_items=200, random_state=2)
+    members = [ConditionalProbabilityCandidate(shrinkage=1.0), ImplicitKNNCandidate(weighting="cosine")]
+    blend = BlendCandidate(members=[candidate_spec(member) for member in members], weights=[0.3, 0.7],
+                           n_neighbours=20).fit(data["baskets"], data["times"])
+    fitted = [member.set_params(n_neighbours=20).fit(data["baskets"], data["times"]) for member in members]
+    expected = prune_rows(0.3 * fitted[0].scores_ + 0.7 * fitted[1].scores_, 20)
+    np.testing.assert_allclose((blend.scores_ * blend.scale_).toarray(), expected.toarray(), rtol=1e-9)
+    assert blend.describe() == {"name": "blend", "params": {
+        "beta": 0.0, "weights": [0.3, 0.7],
+        "members": [{"name": "conditional_probability", "params": {"shrinkage": 1.0}},
+                    {"name": "knn_cosine", "params": {"bm25_b": 0.75, "bm25_k1": 1.2, "weighting": "cosine"}}]}}
+    # Fitted from fitted members (selection's weight search) it is the same model.
+    again = BlendCandidate(**blend.get_params()).fit_members(fitted, data["baskets"], data["times"])
+    np.testing.assert_allclose(again.scores_.toarray(), blend.scores_.toarray())
+
+
+def test_a_blend_row_rebuilds_the_same_blend_and_is_scored_as_served():
+    data = evaluation.synthetic_long_tail(n_baskets=3000, n_items=300, random_state=4)
+    train, times, cases = evaluation.split_and_cases(data["baskets"], data["times"])
+    members = [candidate_spec(EASECandidate(l2_ratio=0.3, max_items=150)), candidate_spec(CoPurchaseCandidate())]
+    model = BlendCandidate(members=members, weights=[0.5, 0.5], beta=1.0).fit(train, times)
+    rebuilt = candidate_from_row(model.describe()).fit(train, times)
+    np.testing.assert_allclose(rebuilt.scores_.toarray(), model.scores_.toarray())
+    assert rebuilt.members_[0].max_items == 150
+    served = evaluation.evaluate_cart_recommender(lambda cart, k: recommend_for_cart(model, cart, k)[0], cases)
+    (_weight, hit_rate, _ndcg), = evaluate_fitted(model, cases)
+    assert hit_rate == pytest.approx(served["hit_rate"])
+    with pytest.raises(InvalidCandidateInputError):
+        BlendCandidate(members=members, weights=[1.0]).fit(train, times)
+
+
+def test_an_l2_grid_on_shared_gram_gives_the_fits_of_their_own():
+    data = evaluation.synthetic_long_tail(n_baskets=2000, n_items=200, random_state=3)
+    shared = EASEShared.of(data["baskets"], 120, 50)
+    for ratio in (0.1, 1.0):
+        alone = EASECandidate(l2_ratio=ratio, max_items=120).fit(data["baskets"], data["times"])
+        grid = EASECandidate(l2_ratio=ratio, max_items=120).fit(data["baskets"], data["times"], shared=shared)
+        np.testing.assert_allclose(grid.scores_.toarray(), alone.scores_.toarray())
+    dense = np.array([[0.0, 2.0, 1.0, 1.0, -1.0], [3.0, 0.0, 0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(dense_prune_rows(dense, 2).toarray(), prune_rows(sp.csr_matrix(dense), 2).toarray())
