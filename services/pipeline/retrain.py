@@ -11,6 +11,7 @@ import logging
 import pickle
 import time
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import DateTime, String, delete, func, insert, literal, or_, select
 
@@ -209,9 +210,11 @@ def step_train_models(run_id: str, config: dict) -> dict:
     """Train the recommendation models and stage the shared lists and the for-you inputs under the run's version."""
     run = runs.get_run(run_id)
     with runs.timed_step(run_id, TRAIN_MODELS_STEP) as info:
+        reset_peak_memory()
         metrics = train_models(run_id, run.as_of, config)
         info["rows"] = metrics.get("order_lines")
         info["detail"] = {key: value for key, value in metrics.items() if not isinstance(value, dict)}
+        info["detail"]["peak_rss_mb"] = peak_memory_mb()
     lines_quarantined = metrics.pop("quarantine", None)
     if lines_quarantined and lines_quarantined["count"]:
         log.warning("order lines quarantined", extra={"run_id": run_id, "reasons": lines_quarantined["reasons"]})
@@ -219,6 +222,27 @@ def step_train_models(run_id: str, config: dict) -> dict:
     merge_run_metrics(run_id, {"recommendations": metrics, "quarantine": quarantine,
                                 "model_selection": metrics.pop("model_selection", None)})
     return metrics
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak-RSS window for this process, so a step reports its own peak (Linux only)."""
+    # Writing 5 to clear_refs resets VmHWM (Linux 4.0+); elsewhere the peak is the process's lifetime peak.
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb() -> float | None:
+    """This process's peak resident memory since the last reset, in MiB (None where /proc is missing)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
 
 
 def training_shards(config: dict) -> list[tuple[str | None, str | None]]:
@@ -239,8 +263,9 @@ def step_train_for_you_shard(run_id: str, config: dict, index: int, low: str | N
     """Rank and stage the for-you lists of customers with ids in [low, high) (a step of its own; idempotent)."""
     run = runs.get_run(run_id)
     with runs.timed_step(run_id, for_you_step_name(index)) as info:
-        info["detail"] = {"low": low, "high": high}
+        reset_peak_memory()
         info["rows"] = train_for_you_shard(run_id, run.as_of, config, low, high)
+        info["detail"] = {"low": low, "high": high, "peak_rss_mb": peak_memory_mb()}
     runs.record_step_progress(run_id, FOR_YOU_STEP, shard_label(low, high))
     log.info("for-you shard trained", extra={"run_id": run_id, "low": low, "high": high, "rows": info["rows"]})
     return info["rows"]
