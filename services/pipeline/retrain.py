@@ -211,10 +211,11 @@ def step_train_models(run_id: str, config: dict) -> dict:
     run = runs.get_run(run_id)
     with runs.timed_step(run_id, TRAIN_MODELS_STEP) as info:
         reset_peak_memory()
+        cpu_started = time.process_time()
         metrics = train_models(run_id, run.as_of, config)
         info["rows"] = metrics.get("order_lines")
         info["detail"] = {key: value for key, value in metrics.items() if not isinstance(value, dict)}
-        info["detail"]["peak_rss_mb"] = peak_memory_mb()
+        info["detail"].update(peak_rss_mb=peak_memory_mb(), cpu_seconds=round(time.process_time() - cpu_started, 3))
     lines_quarantined = metrics.pop("quarantine", None)
     if lines_quarantined and lines_quarantined["count"]:
         log.warning("order lines quarantined", extra={"run_id": run_id, "reasons": lines_quarantined["reasons"]})
@@ -264,8 +265,11 @@ def step_train_for_you_shard(run_id: str, config: dict, index: int, low: str | N
     run = runs.get_run(run_id)
     with runs.timed_step(run_id, for_you_step_name(index)) as info:
         reset_peak_memory()
+        cpu_started = time.process_time()
         info["rows"] = train_for_you_shard(run_id, run.as_of, config, low, high)
-        info["detail"] = {"low": low, "high": high, "peak_rss_mb": peak_memory_mb()}
+        # CPU seconds tell the shard's own work apart from waiting on a loaded machine.
+        info["detail"] = {"low": low, "high": high, "peak_rss_mb": peak_memory_mb(),
+                          "cpu_seconds": round(time.process_time() - cpu_started, 3)}
     runs.record_step_progress(run_id, FOR_YOU_STEP, shard_label(low, high))
     log.info("for-you shard trained", extra={"run_id": run_id, "low": low, "high": high, "rows": info["rows"]})
     return info["rows"]
