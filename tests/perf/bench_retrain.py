@@ -10,10 +10,11 @@ Not collected by pytest. Run:  .venv/bin/python tests/perf/bench_retrain.py --cu
    API does (begin_run + launch_workflow), and waits for it to end. Scoring and for-you shards are
    `--shard-size` customers (default: an eighth of the shop, so four processes have work to share).
 3. Prints each step's time for each worker count side by side, the wall time from trigger to
-   publish, and the speed-up over the first count (with --repeat, each count's fastest run); then the per-shard figures the capacity plan
-   (docs/CAPACITY.md) extrapolates from: seconds and peak RSS per for-you shard and of train_models
-   (each step's own peak, /proc VmHWM reset at its start), the sampled peak RSS per worker process,
-   the Redis memory of the published lists (MEMORY USAGE per kind) and the database size.
+   publish, and the speed-up over the first count (with --repeat, each count's fastest run); then
+   the per-shard figures the capacity plan (docs/CAPACITY.md) extrapolates from: wall and CPU
+   seconds and peak RSS per for-you shard and of train_models (each step's own peak, /proc VmHWM
+   reset at its start), the sampled peak RSS per worker process, the Redis memory of the published
+   lists (MEMORY USAGE per kind) and the database size.
 """
 
 from __future__ import annotations
