@@ -1,4 +1,4 @@
-"""The nightly retrain as steps: snapshot, fit, score shards, train recommendations, evaluate, publish.
+"""The nightly retrain as steps: snapshot, fit, score shards, train models, for-you shards, evaluate, publish.
 
 Each step takes a run id (and a shard range), reads what it needs from the database or Redis and
 writes its results under the run id, so a step can be retried and the same functions serve the
@@ -11,10 +11,11 @@ import logging
 import pickle
 import time
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import DateTime, String, delete, func, insert, literal, or_, select
 
-from services.recommend.training import publish_version, train_and_stage, warm_cache
+from services.recommend.training import publish_version, train_for_you_shard, train_models, warm_cache
 from services.segmentation.console import aggregates as console_aggregates
 from services.segmentation.scoring import CustomerScorer
 from services.segmentation.snapshot import (
@@ -38,6 +39,9 @@ SCORER_TTL_SECONDS = 86_400
 # Published runs whose score rows are kept (older ones are deleted; their cursors go stale).
 KEEP_PUBLISHED_RUNS = 3
 SCORE_STEP = "score_customers"
+TRAIN_MODELS_STEP = "train_models"
+# The for-you fan-out as a whole (wall time, customers); each shard is a step of its own, FOR_YOU_STEP_nnn.
+FOR_YOU_STEP = "train_for_you"
 
 
 class RetrainInProgress(Exception):
@@ -202,13 +206,16 @@ def step_score_all(run_id: str, shards: list[tuple[str | None, str | None]]) -> 
     return written
 
 
-def step_train_recommendations(run_id: str, config: dict) -> dict:
-    """Train the recommendation models and stage their lists under the run's version."""
+def step_train_models(run_id: str, config: dict) -> dict:
+    """Train the recommendation models and stage the shared lists and the for-you inputs under the run's version."""
     run = runs.get_run(run_id)
-    with runs.timed_step(run_id, "train_recommendations") as info:
-        metrics = train_and_stage(run_id, run.as_of, config)
+    with runs.timed_step(run_id, TRAIN_MODELS_STEP) as info:
+        reset_peak_memory()
+        cpu_started = time.process_time()
+        metrics = train_models(run_id, run.as_of, config)
         info["rows"] = metrics.get("order_lines")
         info["detail"] = {key: value for key, value in metrics.items() if not isinstance(value, dict)}
+        info["detail"].update(peak_rss_mb=peak_memory_mb(), cpu_seconds=round(time.process_time() - cpu_started, 3))
     lines_quarantined = metrics.pop("quarantine", None)
     if lines_quarantined and lines_quarantined["count"]:
         log.warning("order lines quarantined", extra={"run_id": run_id, "reasons": lines_quarantined["reasons"]})
@@ -216,6 +223,78 @@ def step_train_recommendations(run_id: str, config: dict) -> dict:
     merge_run_metrics(run_id, {"recommendations": metrics, "quarantine": quarantine,
                                 "model_selection": metrics.pop("model_selection", None)})
     return metrics
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak-RSS window for this process, so a step reports its own peak (Linux only)."""
+    # Writing 5 to clear_refs resets VmHWM (Linux 4.0+); elsewhere the peak is the process's lifetime peak.
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb() -> float | None:
+    """This process's peak resident memory since the last reset, in MiB (None where /proc is missing)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+def training_shards(config: dict) -> list[tuple[str | None, str | None]]:
+    """Customer-id ranges of the for-you shards (TRAINING_SHARD_SIZE customers; 0: the scoring shards' size)."""
+    size = config.get("TRAINING_SHARD_SIZE") or config["SCORING_SHARD_SIZE"]
+    with db.session() as session:
+        if session.execute(select(Customer.customer_id).limit(1)).first() is None:
+            return []
+    return shard_boundaries(db.engine, size)
+
+
+def for_you_step_name(index: int) -> str:
+    """The run-record step of one for-you shard: train_for_you_001, train_for_you_002, ..."""
+    return f"{FOR_YOU_STEP}_{index + 1:03d}"
+
+
+def step_train_for_you_shard(run_id: str, config: dict, index: int, low: str | None, high: str | None) -> int:
+    """Rank and stage the for-you lists of customers with ids in [low, high) (a step of its own; idempotent)."""
+    run = runs.get_run(run_id)
+    with runs.timed_step(run_id, for_you_step_name(index)) as info:
+        reset_peak_memory()
+        cpu_started = time.process_time()
+        info["rows"] = train_for_you_shard(run_id, run.as_of, config, low, high)
+        # CPU seconds tell the shard's own work apart from waiting on a loaded machine.
+        info["detail"] = {"low": low, "high": high, "peak_rss_mb": peak_memory_mb(),
+                          "cpu_seconds": round(time.process_time() - cpu_started, 3)}
+    runs.record_step_progress(run_id, FOR_YOU_STEP, shard_label(low, high))
+    log.info("for-you shard trained", extra={"run_id": run_id, "low": low, "high": high, "rows": info["rows"]})
+    return info["rows"]
+
+
+def finish_for_you(run_id: str, shard_count: int) -> int:
+    """Close the for-you fan-out: its wall time, and the customers its shards wrote (each shard once)."""
+    run = runs.get_run(run_id)
+    started_at = runs.step_started_at(run, FOR_YOU_STEP) or run.started_at or utcnow()
+    shard_steps = [step for step in run.steps if step["name"].startswith(FOR_YOU_STEP + "_")]
+    rows = sum(step["rows"] or 0 for step in shard_steps if step["status"] == "succeeded")
+    runs.record_step(run_id, FOR_YOU_STEP, "succeeded", (utcnow() - started_at).total_seconds(), rows,
+                     {"shards": shard_count}, started_at=started_at)
+    metrics = dict(runs.get_run(run_id).metrics or {})
+    merge_run_metrics(run_id, {"recommendations": {**metrics.get("recommendations", {}), "customers": rows}})
+    log.info("step finished", extra={"run_id": run_id, "step": FOR_YOU_STEP, "rows": rows})
+    return rows
+
+
+def step_train_for_you_all(run_id: str, config: dict, shards: list[tuple[str | None, str | None]]) -> int:
+    """Every for-you shard in this process, one after another (the synchronous path)."""
+    runs.start_step(run_id, FOR_YOU_STEP, {"shards": len(shards)})
+    for index, (low, high) in enumerate(shards):
+        step_train_for_you_shard(run_id, config, index, low, high)
+    return finish_for_you(run_id, len(shards))
 
 
 def merge_run_metrics(run_id: str, values: dict) -> None:
@@ -386,7 +465,8 @@ def retrain_now(config: dict, as_of: datetime | None = None, trigger: str = "man
         shards = step_snapshot(run.run_id, config)
         step_fit(run.run_id, config)
         step_score_all(run.run_id, shards)
-        step_train_recommendations(run.run_id, config)
+        step_train_models(run.run_id, config)
+        step_train_for_you_all(run.run_id, config, training_shards(config))
         finished = step_evaluate_and_publish(run.run_id, config)
     except BaseException as error:
         fail_run(run.run_id, config, error)

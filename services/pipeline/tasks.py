@@ -1,7 +1,8 @@
 """Celery tasks of the retrain workflow: thin wrappers that pass run ids and call services/pipeline/retrain.py.
 
 prepare (snapshot + fit) -> chord(score_shard per customer-id range) -> finish_scoring
--> train_recommendations -> publish, with mark_failed as the error callback of every task (Celery
+-> train_models -> chord(train_for_you_shard per customer-id range) -> finish_for_you -> publish, with
+mark_failed as the error callback of every task (Celery
 carries link_error through `replace` into the chord's header and body).
 
 Every task is idempotent (it rewrites what it owns under the run id, and does nothing once the run
@@ -58,11 +59,7 @@ def prepare(self, run_id: str):
     retrain.step_fit(run_id, config)
     # The score step is recorded as running from here; finish_scoring closes it with the wall time.
     runs.start_step(run_id, retrain.SCORE_STEP, {"shards": len(shards)})
-    rest = chain(
-        finish_scoring.si(run_id, len(shards)),
-        train_recommendations.si(run_id),
-        publish.si(run_id),
-    )
+    rest = chain(finish_scoring.si(run_id, len(shards)), train_models.si(run_id))
     if not shards:
         return self.replace(rest)
     return self.replace(chord(group(score_shard.si(run_id, low, high) for low, high in shards), rest))
@@ -84,12 +81,42 @@ def finish_scoring(self, run_id: str, shard_count: int) -> int | None:
     return retrain.finish_scoring(run_id, shard_count)
 
 
-@segrec_task("segrec.retrain.train_recommendations")
-def train_recommendations(self, run_id: str) -> None:
-    """Train and stage the recommendation lists under the run's version."""
+@segrec_task("segrec.retrain.train_models")
+def train_models(self, run_id: str):
+    """Train the models and stage the shared lists, then fan out one for-you task per customer-id shard.
+
+    The shards read the run's neighbour lists and priors from Redis (by the run id), never from the
+    task message, and write their customers' lists under the run's version.
+    """
+    config = segrec_config()
+    if not retrain.still_running(run_id, config):
+        return None
+    retrain.step_train_models(run_id, config)
+    shards = retrain.training_shards(config)
+    # The fan-out is recorded as running from here; finish_for_you closes it with the wall time.
+    runs.start_step(run_id, retrain.FOR_YOU_STEP, {"shards": len(shards)})
+    rest = chain(finish_for_you.si(run_id, len(shards)), publish.si(run_id))
+    if not shards:
+        return self.replace(rest)
+    return self.replace(chord(group(train_for_you_shard.si(run_id, index, low, high)
+                                    for index, (low, high) in enumerate(shards)), rest))
+
+
+@segrec_task("segrec.retrain.train_for_you_shard")
+def train_for_you_shard(self, run_id: str, index: int, low: str | None, high: str | None) -> int:
+    """Rank one customer-id range's for-you lists (rewrites the range's fields, so a retry never duplicates)."""
+    config = segrec_config()
+    if not retrain.still_running(run_id, config):
+        return 0
+    return retrain.step_train_for_you_shard(run_id, config, index, low, high)
+
+
+@segrec_task("segrec.retrain.finish_for_you")
+def finish_for_you(self, run_id: str, shard_count: int) -> int | None:
+    """Record the for-you fan-out's wall time and customer count as one step."""
     if not retrain.still_running(run_id, segrec_config()):
-        return
-    retrain.step_train_recommendations(run_id, segrec_config())
+        return None
+    return retrain.finish_for_you(run_id, shard_count)
 
 
 @segrec_task("segrec.retrain.publish")

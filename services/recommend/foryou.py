@@ -86,11 +86,13 @@ class ForYouModel(BaseEstimator):
         self.chunk_size = chunk_size
         self.random_state = random_state
 
-    def fit(self, customer_item_matrix, neighbour_scores=None):
+    def fit(self, customer_item_matrix, neighbour_scores=None, item_popularity=None):
         """Learn purchase shares, the item neighbourhood (or SVD factors) and popularity.
 
         ``neighbour_scores``: an items x items sparse matrix of neighbour scores (the shop's chosen
         cart model's lists) used as the neighbourhood instead of fitting one on customers.
+        ``item_popularity``: each item's share of customers who bought it, learned on the whole shop,
+        when ``customer_item_matrix`` is one shard of its customers (so every shard ranks alike).
         """
         if not sp.issparse(customer_item_matrix):
             raise InvalidCustomerMatrixError("customer_item_matrix must be a scipy.sparse matrix")
@@ -107,7 +109,12 @@ class ForYouModel(BaseEstimator):
         bought = counts.copy()
         bought.data[:] = 1.0
         self.bought_ = bought
-        self.popularity_ = np.asarray(bought.sum(axis=0)).ravel() / max(self.n_customers_, 1)
+        if item_popularity is None:
+            self.popularity_ = np.asarray(bought.sum(axis=0)).ravel() / max(self.n_customers_, 1)
+        else:
+            self.popularity_ = np.asarray(item_popularity, dtype=np.float64).ravel()
+            if self.popularity_.shape != (self.n_items_,):
+                raise InvalidCustomerMatrixError("item_popularity must have one share per item")
         if self.method == "neighbors" and neighbour_scores is not None:
             if neighbour_scores.shape != (self.n_items_, self.n_items_):
                 raise InvalidCustomerMatrixError("neighbour_scores must be an items x items matrix")

@@ -8,9 +8,11 @@ of the shared lists for Redis outages). `publish_version` flips the one pointer 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -62,6 +64,9 @@ CATALOGUE_SQL = """
 SELECT sku, name, category, price, cost, stock, active, repeat_purchase, placeholder FROM products ORDER BY sku
 """
 TIERS_SQL = "SELECT customer_id, tier FROM customer_scores WHERE run_id = :run_id"
+# What the for-you shards read back (the run's chosen neighbour lists and shop-wide priors) outlives
+# the run's retries by far; a day, like the fitted customer scorer.
+FOR_YOU_INPUTS_TTL_SECONDS = 86_400
 
 
 def _truthy(series: pd.Series) -> np.ndarray:
@@ -82,10 +87,30 @@ def load_catalogue(engine) -> pd.DataFrame:
     return catalogue.reset_index(drop=True)
 
 
-def load_order_lines(engine, as_of: datetime) -> pd.DataFrame:
-    """Paid order lines up to as_of."""
-    return read_frame(engine, ORDER_LINES_SQL, {"as_of": as_of}, date_columns=("placed_at",),
+def customer_range(column: str, low: str | None, high: str | None) -> tuple[str, dict]:
+    """(SQL condition, parameters) for customer ids in [low, high); an open end adds no condition."""
+    sql, params = "", {}
+    if low is not None:
+        sql, params["low"] = sql + f" AND {column} >= :low", low
+    if high is not None:
+        sql, params["high"] = sql + f" AND {column} < :high", high
+    return sql, params
+
+
+def load_order_lines(engine, as_of: datetime, low: str | None = None, high: str | None = None) -> pd.DataFrame:
+    """Paid order lines up to as_of (of the customers with ids in [low, high), when given)."""
+    condition, params = customer_range("o.customer_id", low, high)
+    return read_frame(engine, ORDER_LINES_SQL + condition, {"as_of": as_of, **params}, date_columns=("placed_at",),
                       dtypes={"order_id": str, "customer_id": str, "sku": str}, date_errors="coerce")
+
+
+def customer_item_matrix(customer_codes: np.ndarray, items: np.ndarray, n_customers: int,
+                         n_items: int) -> sp.csr_matrix:
+    """Customers x items line counts (one built the same way for the whole shop and for each shard)."""
+    presence = np.ones(len(items), dtype=np.float32)
+    matrix = sp.csr_matrix((presence, (customer_codes, items)), shape=(n_customers, n_items))
+    matrix.sum_duplicates()
+    return matrix
 
 
 class TrainingData:
@@ -109,10 +134,7 @@ class TrainingData:
         self.basket_times[order_codes] = placed_days
         self.basket_customers = np.zeros(len(self.order_ids), dtype=np.int64)
         self.basket_customers[order_codes] = customer_codes
-        self.customer_items = sp.csr_matrix(
-            (presence, (customer_codes, items)), shape=(len(self.customer_ids), self.n_items)
-        )
-        self.customer_items.sum_duplicates()
+        self.customer_items = customer_item_matrix(customer_codes, items, len(self.customer_ids), self.n_items)
         self.revenue = np.bincount(items, weights=lines["revenue"].to_numpy(dtype=float), minlength=self.n_items)
         self.order_lines = len(lines)
 
@@ -223,11 +245,11 @@ def _catalogue_payload(catalogue: pd.DataFrame, model: CoPurchaseModel, abc: np.
     )
 
 
-def _tier_popularity(data: TrainingData) -> tuple[dict, dict]:
-    """Popular items per tier (from the current scoring run), and each customer's tier."""
+def _tier_popularity(data: TrainingData) -> dict:
+    """Popular items per tier (tiers from the current scoring run)."""
     run_id = current_run_id()
     if run_id is None or data.baskets.shape[0] == 0:
-        return {}, {}
+        return {}
     tiers = read_frame(db.engine, TIERS_SQL, {"run_id": run_id}, dtypes={"customer_id": str, "tier": str})
     tier_of_customer = pd.Series(tiers["tier"].to_numpy(), index=tiers["customer_id"])
     customer_tiers = tier_of_customer.reindex(data.customer_ids).fillna("regular").to_numpy()
@@ -237,17 +259,107 @@ def _tier_popularity(data: TrainingData) -> tuple[dict, dict]:
     for code, name in enumerate(tier_names):
         ranked = np.lexsort((np.arange(by_tier.shape[1]), -by_tier[code]))[:POPULAR_STORED]
         popular[str(name)] = [int(item) for item in ranked if by_tier[code, item] > 0]
-    return popular, dict(zip(data.customer_ids, customer_tiers))
+    return popular
 
 
-def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
-    """Train on paid orders up to as_of and stage every list under version `run_id` (not yet served)."""
-    timings: dict[str, float] = {}
+@dataclass(frozen=True)
+class ForYouInputs:
+    """What every for-you shard reads back from Redis: the chosen model's neighbour lists and shop-wide priors.
+
+    Shards rank their customers with the same neighbours, popularity (each item's share of all the
+    shop's customers) and weight, so a customer's list does not depend on which shard holds them.
+    """
+
+    skus: np.ndarray
+    neighbours: sp.csr_matrix
+    popularity: np.ndarray
+    popularity_weight: float
+    repeat: np.ndarray
+    available: np.ndarray
+    tier_run: str
+
+    @classmethod
+    def empty(cls, skus: np.ndarray) -> ForYouInputs:
+        """Inputs of a shop with nothing to learn from: no customer gets a list."""
+        n_items = len(skus)
+        return cls(np.asarray(skus, dtype=str), sp.csr_matrix((n_items, n_items)), np.zeros(n_items), 1.0,
+                   np.zeros(n_items, dtype=bool), np.zeros(n_items, dtype=bool), "")
+
+    def to_bytes(self) -> bytes:
+        """numpy's own format (no pickle), so a shard loads it with allow_pickle=False."""
+        buffer = io.BytesIO()
+        neighbours = sp.csr_matrix(self.neighbours)
+        np.savez(buffer, skus=np.asarray(self.skus, dtype=str), indptr=neighbours.indptr,
+                 indices=neighbours.indices, data=neighbours.data, popularity=self.popularity,
+                 popularity_weight=np.float64(self.popularity_weight), repeat=self.repeat,
+                 available=self.available, tier_run=np.str_(self.tier_run))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> ForYouInputs:
+        """The inputs written by to_bytes."""
+        with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
+            n_items = len(arrays["skus"])
+            neighbours = sp.csr_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape=(n_items, n_items))
+            return cls(arrays["skus"], neighbours, arrays["popularity"], float(arrays["popularity_weight"]),
+                       arrays["repeat"], arrays["available"], str(arrays["tier_run"]))
+
+
+def for_you_inputs_key(version: str) -> str:
+    """Redis key of a version's for-you inputs (by reference: shard tasks carry only the run id)."""
+    return redis_store.key("run", version, "foryou_inputs")
+
+
+def stage_for_you_inputs(version: str, inputs: ForYouInputs) -> None:
+    """Write the inputs every for-you shard of `version` reads."""
+    redis_store.client.set(for_you_inputs_key(version), inputs.to_bytes(), ex=FOR_YOU_INPUTS_TTL_SECONDS)
+
+
+def load_for_you_inputs(version: str) -> ForYouInputs:
+    """The staged for-you inputs of `version`, or RuntimeError when they are gone (train_models must rerun)."""
+    payload = redis_store.client.get(for_you_inputs_key(version))
+    if payload is None:
+        raise RuntimeError(f"the for-you inputs of version {version} are missing from Redis; retrain the models")
+    return ForYouInputs.from_bytes(payload)
+
+
+def _for_you_inputs(data: TrainingData, catalogue: pd.DataFrame, chosen_model) -> ForYouInputs:
+    """The neighbour lists and priors for-you is ranked with, learned on the whole shop."""
+    skus = catalogue["sku"].to_numpy(dtype=str)
+    if len(data.customer_ids) == 0:
+        return ForYouInputs.empty(skus)
+    # 20 neighbours and 20 backfill candidates per customer keep 1M customers within the nightly budget;
+    # on the groceries next-basket holdout the default 50/50 was no better (tests/perf/groceries_eval.py).
+    customer_share = np.asarray((data.customer_items > 0).sum(axis=0)).ravel() / len(data.customer_ids)
+    weight = chosen_model.popularity_weight_ / max(float(customer_share.max()), 1e-12)
+    return ForYouInputs(
+        skus=skus,
+        neighbours=sp.csr_matrix(chosen_model.top_neighbours(20)),
+        popularity=customer_share.astype(np.float64),
+        popularity_weight=float(weight),
+        repeat=catalogue["repeat_purchase"].to_numpy(dtype=bool),
+        available=(catalogue["active"] & ~catalogue["placeholder"]).to_numpy(dtype=bool),
+        tier_run=current_run_id() or "",
+    )
+
+
+def _load_training_inputs(as_of: datetime, config: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict, float]:
+    """(catalogue, usable paid lines, quarantine report, seconds taken)."""
     started = time.perf_counter()
     catalogue = load_catalogue(db.engine)
     lines, quarantined = quarantine_order_lines(load_order_lines(db.engine, as_of), as_of,
                                                 TimeRules.from_config(config).min_date)
-    timings["load"] = time.perf_counter() - started
+    return catalogue, lines, quarantined, time.perf_counter() - started
+
+
+def train_models(run_id: str, as_of: datetime, config: dict) -> dict:
+    """Train on paid orders up to as_of and stage the shared lists under version `run_id` (not yet served).
+
+    Stages the catalogue, neighbour lists and bundles, and the for-you inputs that the per-customer
+    shards (`train_for_you_shard`) read; the per-customer lists are theirs to write.
+    """
+    timings: dict[str, float] = {}
+    catalogue, lines, quarantined, timings["load"] = _load_training_inputs(as_of, config)
     if catalogue.empty:
         stage_empty_version(run_id)
         return {"order_lines": 0, "items": 0, "evaluation": {"skipped": "no products"}}
@@ -256,7 +368,7 @@ def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
     data = TrainingData(lines, catalogue)
     del lines
     if data.order_lines == 0:
-        stage_empty_version(run_id)
+        stage_empty_version(run_id, catalogue["sku"].to_numpy(dtype=str))
         return {"order_lines": 0, "items": int(data.n_items), "evaluation": {"skipped": "no paid orders"},
                 "quarantine": quarantined}
     # Bundles keep their count-based co-purchase evidence, whatever model ranks the lists.
@@ -267,15 +379,8 @@ def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
     step = time.perf_counter()
     skus = catalogue["sku"].to_numpy()
     abc = abc_classes(data.revenue)
-    in_stock = (catalogue["stock"].isna() | (catalogue["stock"] > 0)).to_numpy()
-    category_codes = pd.factorize(catalogue["category"])[0]
-    bundle_catalogue = BundleCatalogue(
-        price=catalogue["price"].to_numpy(), cost=catalogue["cost"].to_numpy(dtype=float), category=category_codes,
-        active=(catalogue["active"] & ~catalogue["placeholder"]).to_numpy(), in_stock=in_stock, abc=abc,
-        names=catalogue["name"].to_numpy(),
-    )
-    bundle_options = BundleOptions(pricing=BundlePricing(margin_floor=config["BUNDLE_MARGIN_FLOOR"]))
-    bundles = build_bundles(co_purchase, bundle_catalogue, bundle_options)
+    bundles = build_bundles(co_purchase, _bundle_catalogue(catalogue, abc),
+                            BundleOptions(pricing=BundlePricing(margin_floor=config["BUNDLE_MARGIN_FLOOR"])))
     timings["bundles"] = time.perf_counter() - step
 
     step = time.perf_counter()
@@ -288,16 +393,12 @@ def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
     step = time.perf_counter()
     trending = (trending_scores(data.baskets, data.basket_times) if data.baskets.shape[0]
                 else np.zeros(data.n_items))
-    tier_popular, customer_tiers = _tier_popularity(data)
-    customer_payloads = _customer_payloads(data, catalogue, customer_tiers, model)
-    timings["for_you"] = time.perf_counter() - step
-
-    step = time.perf_counter()
+    tier_popular = _tier_popularity(data)
     catalogue_payload = _catalogue_payload(catalogue, model, abc, trending, tier_popular, item_counts)
     neighbour_payloads = _neighbour_payloads(model, data.baskets, skus)
     bundle_payloads = _bundle_payloads(bundles, skus)
-    write_version(run_id, catalogue_payload, neighbour_payloads, bundle_payloads,
-                  zip(data.customer_ids, customer_payloads))
+    write_shared_lists(run_id, catalogue_payload, neighbour_payloads, bundle_payloads)
+    stage_for_you_inputs(run_id, _for_you_inputs(data, catalogue, model))
     timings["stage"] = time.perf_counter() - step
     return {
         "model_version": run_id,
@@ -313,6 +414,60 @@ def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
         "seconds": {name: round(value, 3) for name, value in timings.items()},
         "quarantine": quarantined,
     }
+
+
+def _bundle_catalogue(catalogue: pd.DataFrame, abc: np.ndarray) -> BundleCatalogue:
+    """The catalogue columns bundles are priced and filtered with."""
+    in_stock = (catalogue["stock"].isna() | (catalogue["stock"] > 0)).to_numpy()
+    return BundleCatalogue(
+        price=catalogue["price"].to_numpy(), cost=catalogue["cost"].to_numpy(dtype=float),
+        category=pd.factorize(catalogue["category"])[0],
+        active=(catalogue["active"] & ~catalogue["placeholder"]).to_numpy(), in_stock=in_stock, abc=abc,
+        names=catalogue["name"].to_numpy(),
+    )
+
+
+def train_for_you_shard(version: str, as_of: datetime, config: dict, low: str | None, high: str | None) -> int:
+    """Rank the for-you lists of the customers with ids in [low, high) and write them under `version`.
+
+    Reads only the shard's own order lines, and the neighbour lists and priors train_models staged.
+    Idempotent: a retry rewrites the same hash fields. Returns the number of customers written.
+    """
+    inputs = load_for_you_inputs(version)
+    lines, _quarantined = quarantine_order_lines(load_order_lines(db.engine, as_of, low, high), as_of,
+                                                 TimeRules.from_config(config).min_date)
+    items = pd.Index(inputs.skus.tolist()).get_indexer(lines["sku"])
+    known = items >= 0
+    customer_codes, customer_ids = pd.factorize(lines["customer_id"][known], sort=True)
+    del lines
+    customer_items = customer_item_matrix(customer_codes, items[known], len(customer_ids), len(inputs.skus))
+    tier_codes = _shard_tier_codes(inputs.tier_run, customer_ids, low, high)
+    payloads = _customer_payloads(customer_items, tier_codes, inputs)
+    write_customer_lists(version, zip(customer_ids, payloads))
+    return len(customer_ids)
+
+
+def _shard_tier_codes(tier_run: str, customer_ids: pd.Index, low: str | None, high: str | None) -> np.ndarray:
+    """Each customer's tier code in the run the models were trained next to (regular when unscored)."""
+    if not tier_run:
+        return np.full(len(customer_ids), UNKNOWN_TIER, dtype=np.uint8)
+    condition, params = customer_range("customer_id", low, high)
+    tiers = read_frame(db.engine, TIERS_SQL + condition, {"run_id": tier_run, **params},
+                       dtypes={"customer_id": str, "tier": str})
+    tier_of_customer = pd.Series(tiers["tier"].to_numpy(), index=tiers["customer_id"])
+    customer_tiers = tier_of_customer.reindex(customer_ids).fillna("regular").to_numpy()
+    tier_index = {tier: code for code, tier in enumerate(CUSTOMER_TIERS)}
+    return np.fromiter((tier_index.get(tier, UNKNOWN_TIER) for tier in customer_tiers), dtype=np.uint8,
+                       count=len(customer_ids))
+
+
+def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
+    """Train the models and every customer's lists in this process (one shard of all customers)."""
+    metrics = train_models(run_id, as_of, config)
+    started = time.perf_counter()
+    metrics["customers"] = train_for_you_shard(run_id, as_of, config, None, None)
+    metrics.setdefault("seconds", {})["for_you"] = round(time.perf_counter() - started, 3)
+    return metrics
 
 
 def _bundle_payloads(bundles: list, skus: np.ndarray) -> dict[str, str]:
@@ -331,50 +486,43 @@ def _bundle_payloads(bundles: list, skus: np.ndarray) -> dict[str, str]:
     return {sku: json.dumps(entries, separators=(",", ":")) for sku, entries in by_anchor.items()}
 
 
-def _customer_payloads(data: TrainingData, catalogue: pd.DataFrame, customer_tiers: dict,
-                       chosen_model) -> list[bytes]:
-    """Packed per-customer lists (store.encode_customer_lists), in data.customer_ids order.
+def _customer_payloads(customer_items: sp.csr_matrix, tier_codes: np.ndarray, inputs: ForYouInputs) -> list[bytes]:
+    """Packed per-customer lists (store.encode_customer_lists), in customer_items' row order.
 
     The neighbourhood part is the chosen cart model's item lists, blended with popularity at the
     chosen weight (popularity on the same unit-maximum scale).
     """
-    if len(data.customer_ids) == 0:
+    if customer_items.shape[0] == 0:
         return []
-    # 20 neighbours and 20 backfill candidates per customer keep 1M customers within the nightly budget;
-    # on the groceries next-basket holdout the default 50/50 was no better (tests/perf/groceries_eval.py).
-    customer_share = np.asarray((data.customer_items > 0).sum(axis=0)).ravel() / len(data.customer_ids)
-    weight = chosen_model.popularity_weight_ / max(float(customer_share.max()), 1e-12)
-    model = ForYouModel(neighbourhood=Neighbourhood(n_neighbors=20), n_backfill=20, popularity_weight=weight).fit(
-        data.customer_items, neighbour_scores=chosen_model.top_neighbours(20))
-    repeat = catalogue["repeat_purchase"].to_numpy()
+    model = ForYouModel(neighbourhood=Neighbourhood(n_neighbors=20), n_backfill=20,
+                        popularity_weight=inputs.popularity_weight).fit(
+        customer_items, neighbour_scores=inputs.neighbours, item_popularity=inputs.popularity)
     # Items bought before are only suggested again when they are bought again by nature (consumables).
-    bought_once_only = data.customer_items.multiply(sp.csr_matrix(~repeat, dtype=np.float32)).tocsr()
+    bought_once_only = customer_items.multiply(sp.csr_matrix(~inputs.repeat, dtype=np.float32)).tocsr()
     bought_once_only.eliminate_zeros()
     bought_once_only.sort_indices()
     items, scores = model.recommend_all(FOR_YOU_STORED, exclude=bought_once_only)
     # Inactive items and placeholders are dropped here; stock is checked again when serving.
-    unavailable = ~(catalogue["active"] & ~catalogue["placeholder"]).to_numpy()
-    dropped = (items < 0) | unavailable[np.maximum(items, 0)]
+    dropped = (items < 0) | ~inputs.available[np.maximum(items, 0)]
     items = np.where(dropped, -1, items)
     # Move the kept items to the front of each row, keeping their order.
     order = np.argsort(dropped, axis=1, kind="stable")
     items = np.take_along_axis(items, order, axis=1)
     scores = np.where(items >= 0, np.take_along_axis(scores, order, axis=1), 0.0)
-    tier_index = {tier: code for code, tier in enumerate(CUSTOMER_TIERS)}
-    tier_codes = np.fromiter((tier_index.get(customer_tiers.get(customer_id), UNKNOWN_TIER)
-                              for customer_id in data.customer_ids), dtype=np.uint8, count=len(data.customer_ids))
     return encode_customer_lists(tier_codes, items, scores, bought_once_only.indptr, bought_once_only.indices)
 
 
 def write_version(version: str, catalogue_payload: str, neighbours: dict[str, str], bundles: dict[str, str],
                   customers) -> None:
-    """Write a version's lists to Redis (with a TTL) and its shared lists to the database.
+    """Write a version's shared lists and its customers' lists (see the two writers)."""
+    write_shared_lists(version, catalogue_payload, neighbours, bundles)
+    write_customer_lists(version, customers)
 
-    `customers` yields (customer id, packed lists) pairs; they are only in Redis (a Redis outage
-    serves customers the tier and popular lists from the database copy instead).
-    """
-    client = redis_store.client
-    pipeline = client.pipeline(transaction=False)
+
+def write_shared_lists(version: str, catalogue_payload: str, neighbours: dict[str, str],
+                       bundles: dict[str, str]) -> None:
+    """Write a version's catalogue, neighbour and bundle lists to Redis (with a TTL) and to the database."""
+    pipeline = redis_store.client.pipeline(transaction=False)
     pipeline.set(list_key(version, "catalogue"), catalogue_payload, ex=MODEL_TTL_SECONDS)
     pending = 1
     for kind, payloads in (("nb", neighbours), ("bundles", bundles)):
@@ -385,15 +533,6 @@ def write_version(version: str, catalogue_payload: str, neighbours: dict[str, st
                 pipeline.execute()
                 pending = 0
     pipeline.execute()
-    buckets: dict[str, dict[str, bytes]] = {}
-    for customer_id, payload in customers:
-        buckets.setdefault(customer_bucket_key(version, customer_id), {})[customer_id] = payload
-    bucket_keys = list(buckets)
-    for start in range(0, len(bucket_keys), 256):
-        for key in bucket_keys[start:start + 256]:
-            pipeline.hset(key, mapping=buckets[key])
-            pipeline.expire(key, MODEL_TTL_SECONDS)
-        pipeline.execute()
 
     rows = [("catalogue", "-", catalogue_payload)]
     rows += [("nb", key, payload) for key, payload in neighbours.items()]
@@ -405,13 +544,32 @@ def write_version(version: str, catalogue_payload: str, neighbours: dict[str, st
     write_frame(db.engine, "recommendation_lists", frame)
 
 
-def stage_empty_version(version: str) -> None:
+def write_customer_lists(version: str, customers) -> None:
+    """Write (customer id, packed lists) pairs into the version's hash buckets (Redis only).
+
+    A customer is one field of its bucket, so shards share buckets and a retried shard overwrites
+    its own fields; a Redis outage serves customers the tier and popular lists from the database copy.
+    """
+    pipeline = redis_store.client.pipeline(transaction=False)
+    buckets: dict[str, dict[str, bytes]] = {}
+    for customer_id, payload in customers:
+        buckets.setdefault(customer_bucket_key(version, customer_id), {})[customer_id] = payload
+    bucket_keys = list(buckets)
+    for start in range(0, len(bucket_keys), 256):
+        for key in bucket_keys[start:start + 256]:
+            pipeline.hset(key, mapping=buckets[key])
+            pipeline.expire(key, MODEL_TTL_SECONDS)
+        pipeline.execute()
+
+
+def stage_empty_version(version: str, skus: np.ndarray | None = None) -> None:
     """An empty shop still gets a (trivially empty) version, so serving answers with fallbacks."""
     empty_catalogue = json.dumps({"skus": [], "names": [], "categories": [], "prices": [], "costs": [],
                                   "active": [], "in_stock": [], "repeat_purchase": [], "abc": [], "orders": [],
                                   "informativeness": [], "popularity_weight": 1.0, "max_cart_items": 20,
                                   "popular": [], "trending": [], "tier_popular": {}})
-    write_version(version, empty_catalogue, {}, {}, [])
+    write_shared_lists(version, empty_catalogue, {}, {})
+    stage_for_you_inputs(version, ForYouInputs.empty(np.zeros(0, dtype=str) if skus is None else skus))
 
 
 def warm_cache(version: str) -> None:

@@ -43,7 +43,9 @@ RUN_TIMEOUT = 60
 # Small shards so even a small shop fans out into several scoring tasks.
 SHARD_SIZE = 40
 DEMO_SHARD_SIZE = 250
-STEP_NAMES = ["snapshot", "fit_customer_models", "score_customers", "train_recommendations", "publish"]
+# The run's steps in order; the for-you shards (train_for_you_001 ...) finish in any order before train_for_you.
+STEP_NAMES = ["snapshot", "fit_customer_models", "score_customers", "train_models", "train_for_you", "publish"]
+SHARD_STEP = "train_for_you_"
 
 WORKER_TESTS_ON_POSTGRES = ("worker fault tests run on PostgreSQL only (CI has it), to keep this file within "
                             "three minutes; SQLite runs the smoke test on workers")
@@ -375,11 +377,19 @@ def test_run_on_workers_publishes_with_history_metrics_and_logs(database_url, ma
     assert run["status"] == "published", run["reason"]
     assert run["current"] is True
     steps = {step["name"]: step for step in run["steps"]}
-    assert list(steps) == STEP_NAMES
+    assert [name for name in steps if not name.startswith(SHARD_STEP)] == STEP_NAMES
     assert all(step["status"] == "succeeded" and step["seconds"] >= 0 for step in steps.values())
     assert steps["score_customers"]["rows"] == 120
     assert steps["score_customers"]["detail"]["shards"] == 3
-    assert steps["train_recommendations"]["rows"] > 0
+    assert steps["train_models"]["rows"] > 0
+    # Each for-you shard is a step of its own, with its seconds, customers and range.
+    shard_steps = [step for name, step in steps.items() if name.startswith(SHARD_STEP)]
+    assert sorted(step["name"] for step in shard_steps) == ["train_for_you_001", "train_for_you_002",
+                                                           "train_for_you_003"]
+    assert all(step["rows"] > 0 and "low" in step["detail"] for step in shard_steps)
+    assert steps["train_for_you"]["detail"]["shards"] == 3
+    assert steps["train_for_you"]["rows"] == sum(step["rows"] for step in shard_steps)
+    assert run["metrics"]["recommendations"]["customers"] == steps["train_for_you"]["rows"]
     assert run["metrics"]["segments"]["customers_scored"] == 120
     assert "hr_at_10" in run["metrics"]["recommendations"]["evaluation"]
     assert assert_serving_is_whole() == run_id
@@ -395,8 +405,9 @@ def test_run_on_workers_publishes_with_history_metrics_and_logs(database_url, ma
     # Structured logs: JSON lines from the pool processes, carrying the run id, one per step and shard.
     records = [record for record in workers.log_records() if record.get("run_id") == run_id]
     finished_steps = {record["step"] for record in records if record["message"] == "step finished"}
-    assert finished_steps == set(STEP_NAMES) - {"publish"}
+    assert finished_steps == set(steps) - {"publish"}
     assert sum(record["message"] == "shard scored" for record in records) == 3
+    assert sum(record["message"] == "for-you shard trained" for record in records) == 3
     wait_for_log(workers, lambda record: record["message"] == "run published" and record.get("run_id") == run_id)
     assert all(record.get("task", "").startswith("segrec.retrain.") for record in records
                if record["message"] == "shard scored")
@@ -410,7 +421,7 @@ def test_killed_pool_process_mid_run_resumes_or_fails_and_the_next_run_publishes
     client = make_app().test_client()
 
     run_id = start_run(client, admin)
-    wait_for_step(run_id, "train_recommendations")
+    wait_for_step(run_id, "train_models")
     victim = workers.busiest_pool_process()
     victim.send_signal(signal.SIGKILL)
 
@@ -420,7 +431,7 @@ def test_killed_pool_process_mid_run_resumes_or_fails_and_the_next_run_publishes
     assert run.status == "published", run.reason
     assert not victim.is_running()
     received = [record for record in workers.log_records()
-                if record["message"].startswith("Task segrec.retrain.train_recommendations[")
+                if record["message"].startswith("Task segrec.retrain.train_models[")
                 and record["message"].endswith("received")]
     assert len(received) == 2, "the SIGKILL did not hit the training task"
     assert len(workers.pool_processes()) == 2
@@ -473,7 +484,7 @@ def test_redis_restarted_during_a_run(database_url, make_app, admin, start_worke
         client = make_app(REDIS_URL=server.url).test_client()
 
         run_id = start_run(client, admin)
-        wait_for_step(run_id, "train_recommendations")
+        wait_for_step(run_id, "train_models")
         # SIGTERM: redis-server saves its data set (queues, unacked messages, chord counters, the lock)
         # and exits; it comes back on the same port with it.
         server.stop()
@@ -609,6 +620,7 @@ def test_empty_shop_publishes_an_empty_run(database_url, make_app, admin, start_
     steps = {step["name"]: step for step in run.steps}
     assert list(steps) == STEP_NAMES
     assert steps["score_customers"]["rows"] == 0 and steps["score_customers"]["detail"]["shards"] == 0
+    assert steps["train_for_you"]["rows"] == 0 and steps["train_for_you"]["detail"]["shards"] == 0
     assert run.metrics["segments"]["customers_scored"] == 0
     assert assert_serving_is_whole() == run.run_id
 
@@ -636,6 +648,88 @@ def test_unchanged_data_gives_the_same_result(database_url, make_app, start_work
     assert second.metrics["recommendations"]["evaluation"] == third.metrics["recommendations"]["evaluation"]
     assert second.metrics["segments"] == third.metrics["segments"]
     assert assert_serving_is_whole() == third.run_id
+
+
+def beat_run(workers: Workers, as_of) -> runs.Run:
+    """A run started as the beat starts it (with a fixed as_of), waited for until it ends."""
+    from services.pipeline.tasks import start_retrain
+
+    run_id = start_retrain.apply_async(kwargs={"trigger": "test", "as_of": as_of.isoformat()}).get(timeout=30)
+    return wait_for_run(run_id, workers)
+
+
+def test_celery_and_in_process_runs_publish_the_same_lists_whatever_the_shards(database_url, make_app,
+                                                                                start_workers):
+    postgres_only(database_url)
+    small_shop()
+    app = make_app()
+    # The first run has no published tiers to train next to; from the second on, every input is the same.
+    assert retrain.retrain_now(app.config, as_of=AS_OF).status == "published"
+    in_process = retrain.retrain_now({**app.config, "TRAINING_SHARD_SIZE": 10_000}, as_of=AS_OF)
+    assert in_process.status == "published", in_process.reason
+    assert [step["name"] for step in in_process.steps if step["name"].startswith(SHARD_STEP)] == [
+        "train_for_you_001"]
+
+    on_workers = beat_run(start_workers(), AS_OF)
+    assert on_workers.status == "published", on_workers.reason
+    assert len([step for step in on_workers.steps if step["name"].startswith(SHARD_STEP)]) == 3
+
+    assert_same_lists(recommendation_lists_of(in_process.run_id), recommendation_lists_of(on_workers.run_id))
+    one_shard, three_shards = customer_lists_of(in_process.run_id), customer_lists_of(on_workers.run_id)
+    assert len(one_shard) == in_process.metrics["recommendations"]["customers"] > 0
+    assert one_shard == three_shards
+
+
+def test_killed_pool_process_during_a_for_you_shard_publishes_the_undisturbed_lists(
+        database_url, make_app, start_workers):
+    postgres_only(database_url)
+    from shared.ingest import utcnow
+
+    demo_shop()
+    # One pool process: the one running the shard is the one killed.
+    workers = start_workers(concurrency=1, SCORING_SHARD_SIZE=DEMO_SHARD_SIZE, TRAINING_SHARD_SIZE=1000)
+    make_app()
+    as_of = utcnow().replace(microsecond=0)
+    assert beat_run(workers, as_of).status == "published"
+
+    from services.pipeline.tasks import start_retrain
+
+    disturbed_id = start_retrain.apply_async(kwargs={"trigger": "test", "as_of": as_of.isoformat()}).get(timeout=30)
+    wait_for_step(disturbed_id, "train_for_you_002")
+    victim = workers.pool_processes()[0]
+    victim.send_signal(signal.SIGKILL)
+    disturbed = wait_for_run(disturbed_id, workers)
+    assert_ended_cleanly(disturbed)
+    assert disturbed.status == "published", disturbed.reason
+    received = [record["message"] for record in workers.log_records()
+                if record["message"].startswith("Task segrec.retrain.train_for_you_shard[")
+                and record["message"].endswith("received")]
+    assert len(received) > len(set(received)), "the SIGKILL did not hit a for-you shard"
+
+    undisturbed = beat_run(workers, as_of)
+    assert undisturbed.status == "published", undisturbed.reason
+    # Nothing counted twice: the redelivered shard rewrote its own customers, once.
+    steps = [{step["name"]: (step["status"], step["rows"]) for step in run.steps} for run in (disturbed, undisturbed)]
+    assert steps[0]["train_for_you"] == steps[1]["train_for_you"]
+    assert {name: value for name, value in steps[0].items() if name.startswith(SHARD_STEP)} == {
+        name: value for name, value in steps[1].items() if name.startswith(SHARD_STEP)}
+    assert_same_lists(recommendation_lists_of(disturbed.run_id), recommendation_lists_of(undisturbed.run_id))
+    disturbed_lists = customer_lists_of(disturbed.run_id)
+    assert len(disturbed_lists) == disturbed.metrics["recommendations"]["customers"] > 0
+    assert disturbed_lists == customer_lists_of(undisturbed.run_id)
+
+
+def customer_lists_of(version: str) -> dict[bytes, bytes]:
+    """Every customer's packed lists in a version (all the hash buckets in Redis)."""
+    from services.recommend.store import CUSTOMER_BUCKETS, list_key
+
+    pipeline = redis_store.client.pipeline(transaction=False)
+    for bucket in range(CUSTOMER_BUCKETS):
+        pipeline.hgetall(list_key(version, "cust", str(bucket)))
+    lists: dict[bytes, bytes] = {}
+    for fields in pipeline.execute():
+        lists.update(fields)
+    return lists
 
 
 def assert_same_lists(left: list[tuple], right: list[tuple]) -> None:

@@ -58,3 +58,22 @@ def test_invalid_inputs():
     model = ForYouModel().fit(_customers(50))
     with pytest.raises(InvalidCustomerMatrixError):
         model.recommend(999)
+
+
+def test_shards_with_the_shop_wide_popularity_rank_like_the_whole_shop():
+    matrix = _customers(300, seed=3)
+    neighbours = ForYouModel().fit(matrix).neighbors_.scores_
+    whole = ForYouModel(popularity_weight=0.5).fit(matrix, neighbour_scores=neighbours)
+    items, scores = whole.recommend_all(n=6, exclude=matrix)
+    popularity = whole.popularity_
+    for rows in (slice(0, 101), slice(101, 300)):
+        shard = ForYouModel(popularity_weight=0.5).fit(matrix[rows], neighbour_scores=neighbours,
+                                                      item_popularity=popularity)
+        shard_items, shard_scores = shard.recommend_all(n=6, exclude=matrix[rows])
+        np.testing.assert_array_equal(shard_items, items[rows])
+        np.testing.assert_array_equal(shard_scores, scores[rows])
+    # Without it a shard learns its own popularity, and its lists drift from the whole shop's.
+    alone = ForYouModel(popularity_weight=0.5).fit(matrix[:101], neighbour_scores=neighbours)
+    assert not np.array_equal(alone.popularity_, popularity)
+    with pytest.raises(InvalidCustomerMatrixError):
+        ForYouModel().fit(matrix, item_popularity=popularity[:-1])
