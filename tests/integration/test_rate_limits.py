@@ -1,4 +1,4 @@
-"""Per-key rate limits and the failed-authentication budget (flask-limiter on the real Redis)."""
+"""Per-key rate limits and the failed-authentication budget (shared/ratelimit.py on the real Redis)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,43 @@ def test_failed_authentication_is_limited_per_address(limited_app, make_key):
     # Another address is not affected.
     other = client.get("/v1/popular", headers=wrong, environ_base={"REMOTE_ADDR": "10.1.2.3"})
     assert other.status_code == 401
+
+
+@pytest.fixture
+def caching_app(app_config):
+    """Keys stay verified in the worker for a while: requests take the one-round-trip path."""
+    config = dict(app_config, RATE_LIMIT_RECS_READ="3/minute", RATE_LIMIT_FAILED_AUTH="2/minute",
+                  API_KEY_CACHE_SECONDS=60)
+    recommender.reset()
+    yield create_app(config)
+    recommender.reset()
+
+
+def test_a_key_verified_moments_ago_is_still_counted_and_refused_over_its_limit(caching_app, make_key):
+    client = caching_app.test_client()
+    storefront = make_key("recs:read")
+    remaining = [client.get("/v1/popular", headers=storefront).headers["RateLimit-Remaining"] for _ in range(3)]
+    assert remaining == ["2", "1", "0"]
+    response = client.get("/v1/popular", headers=storefront)
+    assert response.status_code == 429
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+
+
+def test_a_blocked_address_is_refused_even_with_a_key_verified_moments_ago(caching_app, make_key):
+    client = caching_app.test_client()
+    storefront = make_key("recs:read")
+    assert client.get("/v1/popular", headers=storefront).status_code == 200
+    wrong = {"Authorization": "Bearer sgr_not-a-key"}
+    assert [client.get("/v1/popular", headers=wrong).status_code for _ in range(3)] == [401, 401, 429]
+    refused = client.get("/v1/popular", headers=storefront)
+    assert refused.status_code == 429
+    assert "failed authentications" in refused.json["error"]["message"]
+
+
+def test_a_missing_scope_spends_no_budget(caching_app, make_key):
+    client = caching_app.test_client()
+    ingest_only = make_key("ingest:write")
+    assert [client.get("/v1/popular", headers=ingest_only).status_code for _ in range(5)] == [403] * 5
 
 
 def test_limits_are_off_when_disabled(app_config, make_key):
