@@ -118,3 +118,16 @@ def test_retry_after_only_on_429(limited_app, make_key):
     response = client.get("/v1/popular", headers=make_key("recs:read"))
     assert "Retry-After" not in response.headers
     assert response.headers["RateLimit-Limit"] == "3"
+
+
+def test_two_workers_counting_in_leases_admit_exactly_the_limit(app_config, make_key):
+    # Two apps are two gunicorn workers: each counts a busy key in leases taken from the shared counter.
+    config = dict(app_config, RATE_LIMIT_RECS_READ="100/minute", API_KEY_CACHE_SECONDS=60)
+    recommender.reset()
+    workers = [create_app(config).test_client(), create_app(config).test_client()]
+    storefront = make_key("recs:read")
+    statuses = [workers[turn % 2].get("/v1/popular", headers=storefront).status_code for turn in range(160)]
+    recommender.reset()
+    assert statuses.count(200) == 100
+    assert statuses.count(429) == 60
+    assert statuses[-1] == 429
