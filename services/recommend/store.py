@@ -321,7 +321,7 @@ class ListReader:
 def customer_payloads(version: str, customer_ids: list[str]) -> list[bytes | None]:
     """Packed lists of several customers (None for a customer the version does not know), in one round trip."""
     if len(customer_ids) == 1:
-        return [redis_store.client.hget(customer_bucket_key(version, customer_ids[0]), customer_ids[0])]
+        return [redis_store.command("HGET", customer_bucket_key(version, customer_ids[0]), customer_ids[0])]
     pipeline = redis_store.client.pipeline(transaction=False)
     for customer_id in customer_ids:
         pipeline.hget(customer_bucket_key(version, customer_id), customer_id)
