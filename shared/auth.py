@@ -107,6 +107,15 @@ class KeyVerifier:
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Principal | None]] = {}
 
+    def cached(self, authorization_header: str | None) -> Principal | None:
+        """The caller of a key this process verified within the last `cache_seconds`, else None (no I/O)."""
+        if not authorization_header or not authorization_header.startswith("Bearer "):
+            return None
+        cached = self._cache.get(hash_key(authorization_header[len("Bearer ") :].strip()))
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        return None
+
     def verify(self, authorization_header: str | None) -> Principal:
         """Return the caller for an 'Authorization: Bearer <key>' header or raise Unauthorized."""
         if not authorization_header or not authorization_header.startswith("Bearer "):

@@ -32,7 +32,7 @@ from shared.errors import BatchTooLarge, DomainError
 from shared.extensions import db, redis_store
 from shared.ingest import BatchOutcome
 from shared.schemas import ErrorEnvelopeSchema
-from shared.ratelimit import check_failed_auth_budget, count_failed_auth, rate_limited_view
+from shared.ratelimit import check_failed_auth_budget, check_rate_limits, count_failed_auth
 
 log = logging.getLogger("segrec.web")
 
@@ -122,9 +122,6 @@ def handle_domain_error(error: DomainError) -> Response:
     response = error_response(error.status, error.code, error.message, error.details)
     for name, value in getattr(error, "headers", {}).items():
         response.headers[name] = value
-    if "Retry-After" in getattr(error, "headers", {}):
-        # The rate limiter's after-request hook would put its own window's Retry-After in its place.
-        g.retry_after = error.headers["Retry-After"]
     return response
 
 
@@ -153,16 +150,27 @@ def register_auth(app: Flask) -> None:
     app.extensions["segrec_keys"] = KeyVerifier(db, cache_seconds=app.config["API_KEY_CACHE_SECONDS"])
 
 
-def authenticate(scope: str):
-    """The caller of this request, checked for `scope`; failed attempts spend the address's budget."""
+def authenticate(scope: str, rate_class: str | None = None):
+    """The caller of this request, checked for `scope` and counted against its `rate_class` budget.
+
+    A key this worker verified moments ago costs one Redis round trip (the address's failed-authentication
+    budget and the key's windows in one script, shared/ratelimit.py); any other key is checked against the
+    address's budget before the database is asked, and a failed attempt spends that budget.
+    """
     verifier: KeyVerifier = current_app.extensions["segrec_keys"]
-    check_failed_auth_budget()
-    try:
-        principal = verifier.verify(request.headers.get("Authorization"))
-    except Unauthorized:
-        count_failed_auth()
-        raise
-    if not principal.allows(scope):
+    header = request.headers.get("Authorization")
+    principal = verifier.cached(header)
+    if principal is None:
+        check_failed_auth_budget()
+        try:
+            principal = verifier.verify(header)
+        except Unauthorized:
+            count_failed_auth()
+            raise
+    allowed = principal.allows(scope)
+    # A refused scope spends no budget; a blocked address is refused before the scope is judged.
+    check_rate_limits(principal.key_id, (rate_class or scope) if allowed else None)
+    if not allowed:
         raise Forbidden(f"this key lacks the '{scope}' scope", {"required_scope": scope})
     return principal
 
@@ -211,15 +219,11 @@ def require_scope(scope: str, rate_class: str | None = None):
         needs_body = takes_json_body(view)
 
         @functools.wraps(view)
-        def body_checked(*args, **kwargs):
+        def wrapper(*args, **kwargs):
+            g.principal = authenticate(scope, rate_class)
             if needs_body:
                 require_json_body()
             return view(*args, **kwargs)
-
-        @functools.wraps(view)
-        def wrapper(*args, **kwargs):
-            g.principal = authenticate(scope)
-            return rate_limited_view(body_checked, rate_class or scope)(*args, **kwargs)
 
         wrapper._required_scope = scope
         apidoc = deepcopy(getattr(wrapper, "_apidoc", {}))

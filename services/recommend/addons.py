@@ -160,7 +160,12 @@ def suggest_add_ons(gap, candidates, price, affinity, margin, saving=0.0, item_n
 
 
 def _priced_candidates(candidates, price, affinity, margin):
-    """Distinct, positively priced candidates with their price, affinity and margin, each scaled to [0, 1]."""
+    """Distinct, positively priced candidates with their price, affinity and margin, each scaled to [0, 1].
+
+    Written with as few numpy calls as it takes (a request has about 60 candidates, so each call's fixed
+    cost dominates); tests/unit/test_addons_equivalence.py checks it answers exactly as np.unique,
+    np.median and np.nan_to_num did.
+    """
     candidates = np.asarray(candidates, dtype=np.int64)
     affinity = np.asarray(affinity, dtype=float)
     price = np.asarray(price, dtype=float)
@@ -169,36 +174,65 @@ def _priced_candidates(candidates, price, affinity, margin):
         raise InvalidAddOnInputError("affinity must be aligned with candidates")
     if candidates.size and (candidates.min() < 0 or candidates.max() >= price.shape[0] or margin.shape != price.shape):
         raise InvalidAddOnInputError("candidates must index the price and margin arrays")
-    candidates, first_position = np.unique(candidates, return_index=True)
-    affinity = affinity[first_position]
-    item_price = price[candidates] if candidates.size else np.zeros(0)
+    # Distinct candidates in item order, each with its first affinity (what np.unique(return_index=True) gives).
+    order = candidates.argsort(kind="stable")
+    candidates = candidates[order]
+    if candidates.size > 1:
+        first = np.empty(candidates.size, dtype=bool)
+        first[0] = True
+        np.not_equal(candidates[1:], candidates[:-1], out=first[1:])
+        if not first.all():
+            order, candidates = order[first], candidates[first]
+    affinity = affinity[order]
+    item_price = price[candidates]
     # Free or mispriced items cannot close a spend gap.
     priced = item_price > 0
-    candidates, affinity, item_price = candidates[priced], affinity[priced], item_price[priced]
+    if not priced.all():
+        candidates, affinity, item_price = candidates[priced], affinity[priced], item_price[priced]
     if candidates.size == 0:
         return candidates, item_price, affinity, np.zeros(0)
 
     # The median is taken over the candidates only: a request must not scan a 50,000-item catalogue.
     candidate_margin = margin[candidates]
-    known_margin = candidate_margin[np.isfinite(candidate_margin)]
-    default_margin = float(np.median(known_margin)) if known_margin.size else 0.0
-    item_margin = np.clip(np.nan_to_num(candidate_margin, nan=default_margin), 0.0, 1.0)
-    best_affinity = max(float(np.max(affinity)), 0.0)
-    item_affinity = np.clip(affinity / best_affinity, 0.0, 1.0) if best_affinity > 0 else np.zeros_like(affinity)
+    unknown = np.isnan(candidate_margin)
+    known_margin = np.sort(candidate_margin[np.isfinite(candidate_margin)])
+    default_margin = _median_of_sorted(known_margin)
+    if unknown.any():
+        candidate_margin = np.where(unknown, default_margin, candidate_margin)
+    # Clipped as np.clip would (an infinite margin goes to 0 or 1).
+    item_margin = np.minimum(np.maximum(candidate_margin, 0.0), 1.0)
+    best_affinity = max(float(affinity.max()), 0.0)
+    if best_affinity > 0:
+        item_affinity = np.minimum(np.maximum(affinity / best_affinity, 0.0), 1.0)
+    else:
+        item_affinity = np.zeros_like(affinity)
     return candidates, item_price, item_affinity, item_margin
+
+
+def _median_of_sorted(values) -> float:
+    """np.median of an already sorted array (the mean of the middle two for an even count), 0.0 when empty."""
+    count = values.size
+    if count == 0:
+        return 0.0
+    middle = count // 2
+    if count % 2:
+        return float(values[middle])
+    return float((values[middle - 1] + values[middle]) / 2.0)
 
 
 def _pair_options(candidates, item_price, item_affinity, item_margin, gap, allowed, options):
     """Scored pairs among the most relevant candidates that are each alone short of the gap."""
     short = np.flatnonzero(item_price < gap)
-    pool = short[np.lexsort((candidates[short], -item_affinity[short]))][: options.max_pair_candidates]
+    # Highest affinity first, ties by item: candidates come sorted by item (_priced_candidates), so a stable
+    # sort on affinity alone orders them as a lexsort on (affinity, item) would.
+    pool = short[np.argsort(-item_affinity[short], kind="stable")][: options.max_pair_candidates]
     pool = pool[np.argsort(item_price[pool], kind="stable")]
     pool_price = item_price[pool]
-    low = np.searchsorted(pool_price, gap - pool_price, side="left")
-    high = np.searchsorted(pool_price, gap + allowed - pool_price, side="right")
+    low = pool_price.searchsorted(gap - pool_price, side="left")
+    high = pool_price.searchsorted(gap + allowed - pool_price, side="right")
     # Only partners after the first item in price order, so each pair is listed once.
-    low = np.maximum(low, np.arange(pool.size) + 1)
-    counts = np.clip(high - low, 0, None)
+    low = np.maximum(low, np.arange(1, pool.size + 1))
+    counts = np.maximum(high - low, 0)
     first = np.repeat(np.arange(pool.size), counts)
     offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
     second = np.repeat(low, counts) + offsets
@@ -213,13 +247,17 @@ def _pair_options(candidates, item_price, item_affinity, item_margin, gap, allow
 
 def _pick_suggestions(scored, gap, saving, item_names, options):
     """The best ``options.n`` scored options, each item used at most ``max_uses_per_item`` times, with reasons."""
-    items = [option["items"] for option in scored]
+    sizes_per_block = [option["total"].size for option in scored]
     totals = np.concatenate([option["total"] for option in scored])
     ranks = np.concatenate([option["rank"] for option in scored])
-    sizes = np.concatenate([np.full(option["total"].size, len(option["items"])) for option in scored])
-    starts = np.cumsum([0] + [option["total"].size for option in scored])
+    sizes = np.repeat([len(option["items"]) for option in scored], sizes_per_block)
     # Best rank first; ties: smaller overshoot, then fewer items.
-    order = np.lexsort((sizes, totals, -ranks))
+    order = np.lexsort((sizes, totals, -ranks)).tolist()
+    # Every option's items as plain ints, in the concatenated order (one conversion, not one per option).
+    chosen_items = []
+    for option in scored:
+        chosen_items.extend(zip(*(column.tolist() for column in option["items"])))
+    totals, ranks = totals.tolist(), ranks.tolist()
     names = (lambda i: str(item_names[i])) if item_names is not None else (lambda i: f"item {i}")
     currency = options.currency
     uses = {}
@@ -227,14 +265,12 @@ def _pick_suggestions(scored, gap, saving, item_names, options):
     for position in order:
         if len(suggestions) >= options.n:
             break
-        block = int(np.searchsorted(starts, position, side="right") - 1)
-        local = position - starts[block]
-        chosen = [int(column[local]) for column in items[block]]
+        chosen = list(chosen_items[position])
         if any(uses.get(item, 0) >= options.max_uses_per_item for item in chosen):
             continue
         for item in chosen:
             uses[item] = uses.get(item, 0) + 1
-        total = float(totals[position])
+        total = totals[position]
         overshoot = round(total - float(gap), 2)
         listed = " + ".join(names(i) for i in chosen)
         suggestions.append({
@@ -242,7 +278,7 @@ def _pick_suggestions(scored, gap, saving, item_names, options):
             "total_price": round(total, 2),
             "overshoot": overshoot,
             "saving": float(saving),
-            "rank_score": float(ranks[position]),
+            "rank_score": ranks[position],
             "reason": (
                 f"add {listed} ({currency}{total:.2f}) to close the {currency}{float(gap):.2f} gap"
                 f" with {currency}{overshoot:.2f} to spare and unlock {currency}{float(saving):.2f} off"

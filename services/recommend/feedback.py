@@ -14,6 +14,7 @@ length is what is still to be stored; past FEEDBACK_STREAM_MAX_LENGTH a Lua scri
 from __future__ import annotations
 
 import atexit
+import hashlib
 import logging
 import os
 import threading
@@ -83,18 +84,18 @@ def event_payload(event: dict) -> dict:
 class FeedbackWriter:
     """Appends accepted events to the feedback stream (one entry per request)."""
 
-    def __init__(self) -> None:
-        self._script = None
-        self._script_client = None
+    SCRIPT_SHA = hashlib.sha1(_APPEND_IF_ROOM.encode()).hexdigest()
 
     def append(self, events: list[dict], max_length: int) -> str:
         """Append the events as one entry; raises StreamFull when the stream is at its bound."""
-        client = redis_store.client
-        if self._script is None or self._script_client is not client:
-            self._script = client.register_script(_APPEND_IF_ROOM)
-            self._script_client = client
         payload = orjson.dumps([event_payload(event) for event in events])
-        entry_id = self._script(keys=[stream_key(FEEDBACK_STREAM)], args=[max_length, payload])
+        arguments = (1, stream_key(FEEDBACK_STREAM), max_length, payload)
+        # One command on the worker's own connection (RedisStore.command); the script is sent in full
+        # only the first time a Redis server sees it.
+        try:
+            entry_id = redis_store.command("EVALSHA", self.SCRIPT_SHA, *arguments)
+        except redis.exceptions.NoScriptError:
+            entry_id = redis_store.command("EVAL", _APPEND_IF_ROOM, *arguments)
         if entry_id is None:
             raise StreamFull()
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id

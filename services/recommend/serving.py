@@ -319,7 +319,7 @@ class Recommender:
         candidates = np.asarray(merged_items, dtype=np.int64)
         affinity = np.asarray(merged_scores, dtype=float)
         if target["category"]:
-            in_scope = np.asarray([catalogue.categories[item] == target["category"] for item in candidates], bool)
+            in_scope = catalogue.category_codes[candidates] == catalogue.category_numbers.get(target["category"], -1)
             candidates, affinity = candidates[in_scope], affinity[in_scope]
         suggestions = suggest_add_ons(
             target["gap"], candidates, catalogue.prices, affinity, catalogue.margins, saving=target["saving"],

@@ -141,6 +141,9 @@ class Catalogue:
     index: dict[str, int] = field(default_factory=dict)
     sellable: np.ndarray | None = None
     margins: np.ndarray | None = None
+    # Each item's category as a number (category_numbers[name]), so a request filters by category in numpy.
+    category_codes: np.ndarray | None = None
+    category_numbers: dict = field(default_factory=dict)
 
     @classmethod
     def from_payload(cls, version: str, payload: bytes | str) -> Catalogue:
@@ -169,6 +172,9 @@ class Catalogue:
         )
         catalogue.index = {sku: position for position, sku in enumerate(catalogue.skus)}
         catalogue.sellable = catalogue.active & catalogue.in_stock
+        catalogue.category_numbers = {name: number for number, name in enumerate(dict.fromkeys(catalogue.categories))}
+        catalogue.category_codes = np.asarray([catalogue.category_numbers[name] for name in catalogue.categories],
+                                              dtype=np.int64)
         priced = catalogue.prices > 0
         # Gross margin per item; NaN where the cost is unknown (add-on ranking then uses the median).
         catalogue.margins = np.full(len(catalogue.skus), np.nan)
@@ -315,7 +321,7 @@ class ListReader:
 def customer_payloads(version: str, customer_ids: list[str]) -> list[bytes | None]:
     """Packed lists of several customers (None for a customer the version does not know), in one round trip."""
     if len(customer_ids) == 1:
-        return [redis_store.client.hget(customer_bucket_key(version, customer_ids[0]), customer_ids[0])]
+        return [redis_store.command("HGET", customer_bucket_key(version, customer_ids[0]), customer_ids[0])]
     pipeline = redis_store.client.pipeline(transaction=False)
     for customer_id in customer_ids:
         pipeline.hget(customer_bucket_key(version, customer_id), customer_id)

@@ -1,0 +1,232 @@
+"""A fast path for marshmallow schemas on hot endpoints: plainly valid records loaded without the machinery.
+
+marshmallow's per-field load (error stores, hooks, per-field validator calls) was most of a cart or a
+feedback request in the profile. `PlainLoader(schema)` reads the schema's own declarations once (field
+types, required / load_default / allow_none, Length, Range and OneOf validators, the id rules, nested
+schemas and lists, and the date-time rules of ShopDateTime) and checks a record against them with plain
+Python. It answers exactly what `schema.load` would for a record it accepts, and None for anything else:
+the caller then loads that record through the schema, so every error, message and coercion stays the
+schema's. The rules live in the schema alone; nothing here restates them.
+
+A schema with anything this does not understand (another field type, another validator, load hooks other
+than @validates_schema) is never taken on: its loader always answers None.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
+from marshmallow.decorators import POST_LOAD, PRE_LOAD, VALIDATES, VALIDATES_SCHEMA
+
+from shared.limits import id_problem
+from shared.schemas import DocumentedLength, DocumentedPattern, ShopDateTime, check_id, check_no_comma, time_rules
+
+# The timestamps read here; any other form goes through the schema.
+PLAIN_ISO_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?$")
+
+
+class _Defer(Exception):
+    """The record is not plainly valid: the schema decides."""
+
+
+class _Unsupported(Exception):
+    """The schema declares something this loader does not read."""
+
+
+class PlainContext:
+    """Per-load values computed once: the time rules and the latest acceptable time per days ahead."""
+
+    __slots__ = ("rules", "_latest")
+
+    def __init__(self) -> None:
+        self.rules = None
+        self._latest: dict[int, datetime] = {}
+
+    def latest(self, days_ahead: int) -> datetime:
+        if self.rules is None:
+            self.rules = time_rules()
+        if days_ahead not in self._latest:
+            self._latest[days_ahead] = self.rules.latest(days_ahead)
+        return self._latest[days_ahead]
+
+
+def _valid_id(value: str) -> bool:
+    return id_problem(value) is None
+
+
+def _string_checks(field: fields.String) -> list:
+    checks = []
+    for validator in field.validators:
+        if isinstance(validator, (DocumentedLength, DocumentedPattern)):
+            continue  # documentation only: check_id is the rule
+        if validator is check_id:
+            checks.append(_valid_id)
+        elif validator is check_no_comma:
+            checks.append(lambda value: "," not in value)
+        elif type(validator) is validate.Length and validator.equal is None:
+            low, high = validator.min, validator.max
+            checks.append(lambda value, low=low, high=high: (low is None or len(value) >= low)
+                          and (high is None or len(value) <= high))
+        elif type(validator) is validate.OneOf:
+            choices = frozenset(validator.choices)
+            checks.append(lambda value, choices=choices: value in choices)
+        else:
+            raise _Unsupported(f"validator {validator!r}")
+    return checks
+
+
+def _range_checks(field: fields.Field) -> list:
+    checks = []
+    for validator in field.validators:
+        if type(validator) is not validate.Range:
+            raise _Unsupported(f"validator {validator!r}")
+        low, high, low_in, high_in = validator.min, validator.max, validator.min_inclusive, validator.max_inclusive
+        checks.append(lambda value, low=low, high=high, low_in=low_in, high_in=high_in: (
+            (low is None or (value >= low if low_in else value > low))
+            and (high is None or (value <= high if high_in else value < high))))
+    return checks
+
+
+def _all_of(checks: list):
+    """One predicate for several (the common single check is called directly)."""
+    if not checks:
+        return lambda _value: True
+    if len(checks) == 1:
+        return checks[0]
+    return lambda value: all(check(value) for check in checks)
+
+
+def _value_loader(field: fields.Field):
+    """A function (value, context) -> loaded value for a present, non-null value; raises _Defer."""
+    if type(field) is fields.String:
+        check = _all_of(_string_checks(field))
+
+        def load_string(value, _context):
+            if type(value) is not str or not check(value):
+                raise _Defer
+            return value
+        return load_string
+    if type(field) is fields.Integer:
+        check = _all_of(_range_checks(field))
+
+        def load_integer(value, _context):
+            if type(value) is not int or not check(value):
+                raise _Defer
+            return value
+        return load_integer
+    if type(field) is fields.Nested and isinstance(field.nested, (Schema, type)) and not field.many:
+        record_loader = _record_loader(field.schema)
+        return lambda value, context: record_loader(value, context)
+    if isinstance(field, fields.List) and type(field) is fields.List:
+        inner = _value_loader(field.inner)
+        length = _list_length(field)
+
+        def load_list(value, context):
+            if type(value) is not list or not length(len(value)):
+                raise _Defer
+            return [_present(inner, item, field.inner, context) for item in value]
+        return load_list
+    if type(field) is ShopDateTime and not field.validators and field.format in (None, "iso", "iso8601"):
+        days_ahead = field.days_ahead
+
+        def load_time(value, context):
+            if type(value) is not str or not PLAIN_ISO_TIME.match(value):
+                raise _Defer
+            latest = context.latest(days_ahead)
+            try:
+                naive_utc = context.rules.to_naive_utc(datetime.fromisoformat(value))
+            except (ValueError, OverflowError):  # 30 February, year 9999 plus an offset...
+                raise _Defer from None
+            if not context.rules.min_date <= naive_utc <= latest:
+                raise _Defer
+            return naive_utc.replace(tzinfo=timezone.utc)
+        return load_time
+    raise _Unsupported(f"field {type(field).__name__}")
+
+
+def _list_length(field: fields.List):
+    bounds = [validator for validator in field.validators if type(validator) is validate.Length]
+    if len(bounds) != len(field.validators) or any(bound.equal is not None for bound in bounds):
+        raise _Unsupported("list validator")
+    return lambda size: all((bound.min is None or size >= bound.min) and (bound.max is None or size <= bound.max)
+                            for bound in bounds)
+
+
+def _present(loader, value, field: fields.Field, context):
+    if value is None:
+        if not field.allow_none:
+            raise _Defer
+        return None
+    return loader(value, context)
+
+
+def _record_loader(schema: Schema):
+    """A function (record, context) -> the loaded dict, for one schema; raises _Defer or _Unsupported."""
+    hooks = schema._hooks
+    if hooks[PRE_LOAD] or hooks[POST_LOAD] or hooks[VALIDATES] or schema.unknown != RAISE:
+        raise _Unsupported("load hooks or unknown-field handling")
+    plan = []
+    for name, field in schema.fields.items():
+        if field.dump_only:
+            continue
+        key = field.data_key or name
+        default = field.load_default
+        plan.append((key, name, field.allow_none, _value_loader(field), field.required, default))
+    known = frozenset(key for key, *_rest in plan)
+    validators = [getattr(schema, attribute) for attribute, _many, _kwargs in hooks[VALIDATES_SCHEMA]]
+
+    def load_record(record, context):
+        if type(record) is not dict or not record.keys() <= known:
+            raise _Defer
+        loaded = {}
+        for key, name, allow_none, loader, required, default in plan:
+            if key in record:
+                value = record[key]
+                if value is not None:
+                    loaded[name] = loader(value, context)
+                elif allow_none:
+                    loaded[name] = None
+                else:
+                    raise _Defer
+            elif required:
+                raise _Defer
+            elif default is not missing:
+                loaded[name] = default() if callable(default) else default
+        for validator in validators:
+            try:
+                validator(loaded, partial=None, many=False, unknown=None)
+            except ValidationError:
+                raise _Defer from None
+        return loaded
+    return load_record
+
+
+class PlainLoader:
+    """`load(record)`: what `schema.load(record)` answers when the record is plainly valid, else None."""
+
+    def __init__(self, schema: Schema) -> None:
+        try:
+            self._load = _record_loader(schema)
+        except _Unsupported:
+            self._load = None
+
+    @property
+    def supported(self) -> bool:
+        """False when the schema declares something this loader does not read (it then always defers)."""
+        return self._load is not None
+
+    def load(self, record, context: PlainContext | None = None):
+        """The loaded record, or None: load it through the schema instead."""
+        if self._load is None:
+            return None
+        try:
+            return self._load(record, context or PlainContext())
+        except _Defer:
+            return None
+
+    def load_many(self, records) -> list:
+        """Each record loaded, or None where the schema has to decide (one time context for the batch)."""
+        context = PlainContext()
+        return [self.load(record, context) for record in records]
