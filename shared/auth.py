@@ -99,6 +99,13 @@ def revoke_key(session, key_id: int | None = None, prefix: str | None = None) ->
     return result.rowcount
 
 
+def bearer_key_hash(authorization_header: str | None) -> str | None:
+    """The stored hash of the key in an 'Authorization: Bearer <key>' header; None when it is not one."""
+    if not authorization_header or not authorization_header.startswith("Bearer "):
+        return None
+    return hash_key(authorization_header[len("Bearer ") :].strip())
+
+
 class KeyVerifier:
     """Looks keys up by hash, caching answers briefly so serving does not hit the database each request."""
 
@@ -107,30 +114,33 @@ class KeyVerifier:
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Principal | None]] = {}
 
+    def _fresh_entry(self, key_hash: str) -> tuple[float, Principal | None] | None:
+        """The cached (expiry, caller) of a key hash while it is still fresh, else None."""
+        entry = self._cache.get(key_hash)
+        if entry is not None and entry[0] > time.monotonic():
+            return entry
+        return None
+
     def cached(self, authorization_header: str | None) -> Principal | None:
         """The caller of a key this process verified within the last `cache_seconds`, else None (no I/O)."""
-        if not authorization_header or not authorization_header.startswith("Bearer "):
-            return None
-        cached = self._cache.get(hash_key(authorization_header[len("Bearer ") :].strip()))
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        return None
+        key_hash = bearer_key_hash(authorization_header)
+        entry = self._fresh_entry(key_hash) if key_hash is not None else None
+        return entry[1] if entry is not None else None
 
     def verify(self, authorization_header: str | None) -> Principal:
         """Return the caller for an 'Authorization: Bearer <key>' header or raise Unauthorized."""
-        if not authorization_header or not authorization_header.startswith("Bearer "):
+        key_hash = bearer_key_hash(authorization_header)
+        if key_hash is None:
             raise Unauthorized("send 'Authorization: Bearer <api key>'")
-        key_hash = hash_key(authorization_header[len("Bearer ") :].strip())
-        now = time.monotonic()
-        cached = self._cache.get(key_hash)
-        if cached is not None and cached[0] > now:
-            principal = cached[1]
+        entry = self._fresh_entry(key_hash)
+        if entry is not None:
+            principal = entry[1]
         else:
             principal = self._load(key_hash)
             if self.cache_seconds > 0:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
-                self._cache[key_hash] = (now + self.cache_seconds, principal)
+                self._cache[key_hash] = (time.monotonic() + self.cache_seconds, principal)
         if principal is None:
             raise Unauthorized("unknown or revoked api key")
         return principal
