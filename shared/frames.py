@@ -14,6 +14,16 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 
+def id_range_condition(column: str, low: str | None, high: str | None) -> tuple[str, dict]:
+    """(" AND column >= :low AND column < :high", parameters) for ids in [low, high); an open end adds nothing."""
+    sql, params = "", {}
+    if low is not None:
+        sql, params["low"] = sql + f" AND {column} >= :low", low
+    if high is not None:
+        sql, params["high"] = sql + f" AND {column} < :high", high
+    return sql, params
+
+
 def read_frame(engine: Engine, query: str, params: dict | None = None, date_columns: tuple[str, ...] = (),
                dtypes: dict | None = None, date_errors: str = "raise") -> pd.DataFrame:
     """Run a SELECT and return a DataFrame; on PostgreSQL the rows travel as COPY CSV (several times faster).

@@ -41,7 +41,7 @@ from services.recommend.store import (
     set_database_version,
 )
 from shared.extensions import db, redis_store
-from shared.frames import read_frame, write_frame
+from shared.frames import id_range_condition, read_frame, write_frame
 from shared.limits import TimeRules
 from shared.models import RecommendationList
 from shared.quarantine import quarantine_order_lines
@@ -87,19 +87,9 @@ def load_catalogue(engine) -> pd.DataFrame:
     return catalogue.reset_index(drop=True)
 
 
-def customer_range(column: str, low: str | None, high: str | None) -> tuple[str, dict]:
-    """(SQL condition, parameters) for customer ids in [low, high); an open end adds no condition."""
-    sql, params = "", {}
-    if low is not None:
-        sql, params["low"] = sql + f" AND {column} >= :low", low
-    if high is not None:
-        sql, params["high"] = sql + f" AND {column} < :high", high
-    return sql, params
-
-
 def load_order_lines(engine, as_of: datetime, low: str | None = None, high: str | None = None) -> pd.DataFrame:
     """Paid order lines up to as_of (of the customers with ids in [low, high), when given)."""
-    condition, params = customer_range("o.customer_id", low, high)
+    condition, params = id_range_condition("o.customer_id", low, high)
     return read_frame(engine, ORDER_LINES_SQL + condition, {"as_of": as_of, **params}, date_columns=("placed_at",),
                       dtypes={"order_id": str, "customer_id": str, "sku": str}, date_errors="coerce")
 
@@ -451,7 +441,7 @@ def _shard_tier_codes(tier_run: str, customer_ids: pd.Index, low: str | None, hi
     """Each customer's tier code in the run the models were trained next to (regular when unscored)."""
     if not tier_run:
         return np.full(len(customer_ids), UNKNOWN_TIER, dtype=np.uint8)
-    condition, params = customer_range("customer_id", low, high)
+    condition, params = id_range_condition("customer_id", low, high)
     tiers = read_frame(db.engine, TIERS_SQL + condition, {"run_id": tier_run, **params},
                        dtypes={"customer_id": str, "tier": str})
     tier_of_customer = pd.Series(tiers["tier"].to_numpy(), index=tiers["customer_id"])

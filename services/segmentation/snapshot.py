@@ -8,7 +8,7 @@ import pandas as pd
 from sqlalchemy import delete, text
 from sqlalchemy.engine import Engine
 
-from shared.frames import read_frame, write_frame
+from shared.frames import id_range_condition, read_frame, write_frame
 from shared.models import CustomerScore
 
 CUSTOMER_DATE_COLUMNS = ("joined_at", "first_paid_at", "last_paid_at")
@@ -41,32 +41,21 @@ ORDER BY c.customer_id
 """
 
 
-def _range_filter(column: str, low: str | None, high: str | None) -> str:
-    parts = []
-    if low is not None:
-        parts.append(f"AND {column} >= :low")
-    if high is not None:
-        parts.append(f"AND {column} < :high")
-    return " ".join(parts)
-
-
 def load_customer_frame(engine: Engine, as_of: datetime, window_days: int = 365, recent_days: int = 30,
                         low: str | None = None, high: str | None = None) -> pd.DataFrame:
     """Customers with customer_id in [low, high) (all when both are None), one row each."""
+    id_range, range_params = id_range_condition("customer_id", low, high)
     query = CUSTOMER_FRAME_SQL.format(
-        order_range=_range_filter("customer_id", low, high),
-        event_range=_range_filter("customer_id", low, high),
-        customer_range=_range_filter("c.customer_id", low, high),
+        order_range=id_range,
+        event_range=id_range,
+        customer_range=id_range_condition("c.customer_id", low, high)[0],
     )
     params: dict = {
         "as_of": as_of,
         "window_start": as_of - timedelta(days=window_days),
         "recent_start": as_of - timedelta(days=recent_days),
+        **range_params,
     }
-    if low is not None:
-        params["low"] = low
-    if high is not None:
-        params["high"] = high
     # Dates pandas cannot hold become NaT here and are quarantined by the retrain (shared.quarantine).
     frame = read_frame(engine, query, params, date_columns=CUSTOMER_DATE_COLUMNS, dtypes={"customer_id": str},
                        date_errors="coerce")
@@ -95,15 +84,10 @@ def load_previous_tiers(engine: Engine, run_id: str | None, low: str | None = No
     """Last published run's tier state for the customers in [low, high)."""
     if run_id is None:
         return None
-    query = (
-        "SELECT customer_id, tier, tier_since, tier_pending_since FROM customer_scores WHERE run_id = :run_id "
-        + _range_filter("customer_id", low, high)
-    )
-    params = {"run_id": run_id}
-    if low is not None:
-        params["low"] = low
-    if high is not None:
-        params["high"] = high
+    id_range, range_params = id_range_condition("customer_id", low, high)
+    query = ("SELECT customer_id, tier, tier_since, tier_pending_since FROM customer_scores WHERE run_id = :run_id"
+             + id_range)
+    params = {"run_id": run_id, **range_params}
     return read_frame(engine, query, params, date_columns=("tier_since", "tier_pending_since"),
                       dtypes={"customer_id": str})
 
