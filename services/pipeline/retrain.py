@@ -278,14 +278,11 @@ def step_train_for_you_shard(run_id: str, config: dict, index: int, low: str | N
 def finish_for_you(run_id: str, shard_count: int) -> int:
     """Close the for-you fan-out: its wall time, and the customers its shards wrote (each shard once)."""
     run = runs.get_run(run_id)
-    started_at = runs.step_started_at(run, FOR_YOU_STEP) or run.started_at or utcnow()
     shard_steps = [step for step in run.steps if step["name"].startswith(FOR_YOU_STEP + "_")]
     rows = sum(step["rows"] or 0 for step in shard_steps if step["status"] == "succeeded")
-    runs.record_step(run_id, FOR_YOU_STEP, "succeeded", (utcnow() - started_at).total_seconds(), rows,
-                     {"shards": shard_count}, started_at=started_at)
+    close_fan_out(run_id, FOR_YOU_STEP, rows, shard_count)
     metrics = dict(runs.get_run(run_id).metrics or {})
     merge_run_metrics(run_id, {"recommendations": {**metrics.get("recommendations", {}), "customers": rows}})
-    log.info("step finished", extra={"run_id": run_id, "step": FOR_YOU_STEP, "rows": rows})
     return rows
 
 
@@ -316,13 +313,18 @@ def segment_metrics(run_id: str) -> dict:
 
 def finish_scoring(run_id: str, shard_count: int) -> int:
     """Close the fanned-out score step: its wall time from its recorded start, and the rows written."""
-    run = runs.get_run(run_id)
-    started_at = runs.step_started_at(run, SCORE_STEP) or run.started_at or utcnow()
     rows = segment_metrics(run_id)["customers_scored"]
-    runs.record_step(run_id, SCORE_STEP, "succeeded", (utcnow() - started_at).total_seconds(), rows,
-                     {"shards": shard_count}, started_at=started_at)
-    log.info("step finished", extra={"run_id": run_id, "step": SCORE_STEP, "rows": rows})
+    close_fan_out(run_id, SCORE_STEP, rows, shard_count)
     return rows
+
+
+def close_fan_out(run_id: str, step: str, rows: int, shard_count: int) -> None:
+    """Record a fanned-out step as succeeded, with the wall time since it was started and its rows."""
+    run = runs.get_run(run_id)
+    started_at = runs.step_started_at(run, step) or run.started_at or utcnow()
+    runs.record_step(run_id, step, "succeeded", (utcnow() - started_at).total_seconds(), rows,
+                     {"shards": shard_count}, started_at=started_at)
+    log.info("step finished", extra={"run_id": run_id, "step": step, "rows": rows})
 
 
 def step_evaluate_and_publish(run_id: str, config: dict) -> Run:

@@ -235,15 +235,22 @@ def _catalogue_payload(catalogue: pd.DataFrame, model: CoPurchaseModel, abc: np.
     )
 
 
+def customer_tiers(run_id: str, customer_ids: pd.Index, low: str | None = None,
+                   high: str | None = None) -> np.ndarray:
+    """Each customer's tier in scoring run `run_id` (regular when unscored); ids in [low, high) when given."""
+    condition, params = id_range_condition("customer_id", low, high)
+    tiers = read_frame(db.engine, TIERS_SQL + condition, {"run_id": run_id, **params},
+                       dtypes={"customer_id": str, "tier": str})
+    tier_of_customer = pd.Series(tiers["tier"].to_numpy(), index=tiers["customer_id"])
+    return tier_of_customer.reindex(customer_ids).fillna("regular").to_numpy()
+
+
 def _tier_popularity(data: TrainingData) -> dict:
     """Popular items per tier (tiers from the current scoring run)."""
     run_id = current_run_id()
     if run_id is None or data.baskets.shape[0] == 0:
         return {}
-    tiers = read_frame(db.engine, TIERS_SQL, {"run_id": run_id}, dtypes={"customer_id": str, "tier": str})
-    tier_of_customer = pd.Series(tiers["tier"].to_numpy(), index=tiers["customer_id"])
-    customer_tiers = tier_of_customer.reindex(data.customer_ids).fillna("regular").to_numpy()
-    tier_codes, tier_names = pd.factorize(customer_tiers)
+    tier_codes, tier_names = pd.factorize(customer_tiers(run_id, data.customer_ids))
     by_tier = popularity_by_group(data.baskets, tier_codes[data.basket_customers], n_groups=len(tier_names))
     popular = {}
     for code, name in enumerate(tier_names):
@@ -441,13 +448,9 @@ def _shard_tier_codes(tier_run: str, customer_ids: pd.Index, low: str | None, hi
     """Each customer's tier code in the run the models were trained next to (regular when unscored)."""
     if not tier_run:
         return np.full(len(customer_ids), UNKNOWN_TIER, dtype=np.uint8)
-    condition, params = id_range_condition("customer_id", low, high)
-    tiers = read_frame(db.engine, TIERS_SQL + condition, {"run_id": tier_run, **params},
-                       dtypes={"customer_id": str, "tier": str})
-    tier_of_customer = pd.Series(tiers["tier"].to_numpy(), index=tiers["customer_id"])
-    customer_tiers = tier_of_customer.reindex(customer_ids).fillna("regular").to_numpy()
+    tiers = customer_tiers(tier_run, customer_ids, low, high)
     tier_index = {tier: code for code, tier in enumerate(CUSTOMER_TIERS)}
-    return np.fromiter((tier_index.get(tier, UNKNOWN_TIER) for tier in customer_tiers), dtype=np.uint8,
+    return np.fromiter((tier_index.get(tier, UNKNOWN_TIER) for tier in tiers), dtype=np.uint8,
                        count=len(customer_ids))
 
 
