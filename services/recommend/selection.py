@@ -297,19 +297,28 @@ def _score_candidates(fit_matrix, fit_times, cases, settings: SelectionSettings,
             betas.insert(0, None)
             weights.insert(0, float(fitted.popularity_.max()) / fitted.scale_)
         hits, gains = case_hits(fitted, cases, weights)
-        for beta, hit, gain in zip(betas, hits, gains):
-            candidate = clone(structure).set_params(beta=beta)
-            hit_rate, ndcg = float(hit.mean()), float(gain.mean())
-            row = {**candidate.describe(), "hr_at_10": round(hit_rate, 4), "ndcg_at_10": round(ndcg, 4)}
-            report["candidates"].append(row)
-            scored.append((candidate, hit_rate, ndcg, row, hit))
-            if (hit_rate, ndcg) > best_fits.get(fitted.name, (-1.0, -1.0, None))[:2]:
-                best_fits[fitted.name] = (hit_rate, ndcg, fitted)
+        entries = _beta_entries(structure, betas, hits, gains, report)
+        scored += entries
+        _candidate, hit_rate, ndcg, _row, _hit = max(entries, key=lambda entry: (entry[1], entry[2]))
+        if (hit_rate, ndcg) > best_fits.get(fitted.name, (-1.0, -1.0, None))[:2]:
+            best_fits[fitted.name] = (hit_rate, ndcg, fitted)
         label = f"{fitted.name} {fitted.describe()['params'].get('l2_ratio', '')}".strip()
         report["seconds"][label] = {"fit": round(fit_seconds, 2),
                                     "score": round(time.perf_counter() - started - fit_seconds, 2)}
     del ease_shared
     return scored, best_fits
+
+
+def _beta_entries(structure, betas, hits, gains, report: dict) -> list:
+    """(unfitted candidate, HR@10, NDCG@10, report row, per-case hits) of `structure` at each beta; rows reported."""
+    entries = []
+    for beta, hit, gain in zip(betas, hits, gains):
+        candidate = clone(structure).set_params(beta=beta)
+        hit_rate, ndcg = float(hit.mean()), float(gain.mean())
+        row = {**candidate.describe(), "hr_at_10": round(hit_rate, 4), "ndcg_at_10": round(ndcg, 4)}
+        report["candidates"].append(row)
+        entries.append((candidate, hit_rate, ndcg, row, hit))
+    return entries
 
 
 def _blend_rows(fit_matrix, fit_times, cases, settings: SelectionSettings, best_fits: dict, report: dict) -> list:
@@ -337,13 +346,7 @@ def _blend_rows(fit_matrix, fit_times, cases, settings: SelectionSettings, best_
             best = (hit_rates[top], ndcgs[top], blend)
     blend = best[2]
     hits, gains = case_hits(blend, cases, weights)
-    scored = []
-    for beta, hit, gain in zip(settings.betas, hits, gains):
-        candidate = clone(blend).set_params(beta=beta)
-        row = {**candidate.describe(), "hr_at_10": round(float(hit.mean()), 4),
-               "ndcg_at_10": round(float(gain.mean()), 4)}
-        report["candidates"].append(row)
-        scored.append((candidate, float(hit.mean()), float(gain.mean()), row, hit))
+    scored = _beta_entries(blend, settings.betas, hits, gains, report)
     report["seconds"]["blend"] = {"fit": 0.0, "score": round(time.perf_counter() - started, 2)}
     return scored
 
