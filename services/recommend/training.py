@@ -60,6 +60,17 @@ SELECT o.order_id, o.customer_id, o.placed_at, l.sku, l.quantity * l.unit_price 
 FROM order_lines l JOIN orders o ON o.order_id = l.order_id
 WHERE o.status = 'paid' AND o.placed_at <= :as_of
 """
+# A shard's lines on PostgreSQL: each order's lines by the order_lines primary key. Given the join above, the
+# planner hashes the shard's orders and scans every order line of the shop (at 1M customers, 2.4 s in three
+# processes for a shard of 25,000 customers, 40 shards a night); this reads only the shard's lines (0.4-0.9 s
+# in one process). OFFSET 0 keeps the subquery from being flattened back into that join.
+SHARD_ORDER_LINES_SQL = """
+SELECT o.order_id, o.customer_id, o.placed_at, l.sku, l.quantity * l.unit_price AS revenue
+FROM orders o CROSS JOIN LATERAL (
+    SELECT sku, quantity, unit_price FROM order_lines WHERE order_lines.order_id = o.order_id OFFSET 0
+) l
+WHERE o.status = 'paid' AND o.placed_at <= :as_of
+"""
 CATALOGUE_SQL = """
 SELECT sku, name, category, price, cost, stock, active, repeat_purchase, placeholder FROM products ORDER BY sku
 """
@@ -90,7 +101,10 @@ def load_catalogue(engine) -> pd.DataFrame:
 def load_order_lines(engine, as_of: datetime, low: str | None = None, high: str | None = None) -> pd.DataFrame:
     """Paid order lines up to as_of (of the customers with ids in [low, high), when given)."""
     condition, params = id_range_condition("o.customer_id", low, high)
-    return read_frame(engine, ORDER_LINES_SQL + condition, {"as_of": as_of, **params}, date_columns=("placed_at",),
+    # SQLite has no LATERAL, and its planner already walks the primary key per order.
+    by_order = bool(params) and engine.dialect.name == "postgresql"
+    query = (SHARD_ORDER_LINES_SQL if by_order else ORDER_LINES_SQL) + condition
+    return read_frame(engine, query, {"as_of": as_of, **params}, date_columns=("placed_at",),
                       dtypes={"order_id": str, "customer_id": str, "sku": str}, date_errors="coerce")
 
 
