@@ -1,5 +1,9 @@
 """A/B tests between recommenders on one surface: creation, sticky assignment, and the report.
 
+A variant is `current` (the published model), `popular`, or a candidate family of the nightly model
+selection (e.g. `knn_cosine`: tonight's best row of that family, which training fits and stages for
+bought-together and cart while an experiment names it).
+
 Assignment hashes (experiment id, customer id or session id) with shared/statistics.py's unit_hash, so
 a shopper gets the same variant on every call, in every process, on every machine, with no state
 stored. The report compares each variant with the control: CTR (impressions clicked) with Wilson
@@ -17,15 +21,21 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import select
 
 from services.recommend.attribution import Period, aggregate, rate, revenue_per_impression
+from services.recommend.model_families import CANDIDATE_FAMILIES, best_rows_by_family
 from services.recommend.online_metrics import load_events, load_paid_lines
+from shared import runs
 from shared.errors import Conflict, InvalidRequest, NotFound
 from shared.extensions import db
 from shared.ingest import utcnow
 from shared.models import Experiment
 from shared.statistics import GroupTotals, sample_size_per_group, unit_hash, uplift_summary, weighted_choice
 
-# What a variant may serve: the published model as it is, or the popular list.
+# What a variant may serve: the published model as it is, the popular list, or a candidate family of the
+# nightly model selection (CANDIDATE_FAMILIES: tonight's best row of that family, fitted and staged by training).
 SERVABLE_VARIANTS = ("current", "popular")
+# Candidates are item-neighbour models: they serve the surfaces built from the chosen model's item lists.
+# Bundles keep their count evidence, and for-you lists are per customer, precomputed for the chosen model only.
+CANDIDATE_SURFACES = ("bought_together", "cart")
 # Below these per-variant counts the report says the sample is too small to conclude anything.
 MIN_IMPRESSIONS = 100
 MIN_CLICKED_IMPRESSIONS = 5
@@ -67,13 +77,46 @@ def _naive(value: datetime) -> datetime:
     return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
 
 
-def create_experiment(data: dict, config) -> dict:
-    """Store a new experiment; 409 when another one on the surface overlaps its dates."""
-    unknown = [variant["name"] for variant in data["variants"] if variant["name"] not in SERVABLE_VARIANTS]
+def check_variants(surface: str, names: list[str], available: list[str]) -> None:
+    """422 unless every variant is current, popular, or a candidate family the published selection scored.
+
+    available: the families with a row in the published run's model_selection; candidate variants are
+    accepted on CANDIDATE_SURFACES only.
+    """
+    offered = ", ".join(available) if available else "none (the published run compared no candidates)"
+    unknown = [name for name in names if name not in SERVABLE_VARIANTS and name not in CANDIDATE_FAMILIES]
     if unknown:
         raise InvalidRequest(
-            f"variants this version can serve: {', '.join(SERVABLE_VARIANTS)}; not {', '.join(unknown)}",
-            {"variants": [f"no published candidate model named {name}" for name in unknown]})
+            f"a variant is current, popular or a candidate family; not {', '.join(unknown)}",
+            {"variants": [f"unknown variant {name}; candidate families in the published model selection: "
+                          f"{offered}" for name in unknown]})
+    candidates = [name for name in names if name in CANDIDATE_FAMILIES]
+    if candidates and surface not in CANDIDATE_SURFACES:
+        raise InvalidRequest(
+            f"candidate variants do not serve {surface}",
+            {"variants": [f"candidate variants ({', '.join(candidates)}) serve {' and '.join(CANDIDATE_SURFACES)} "
+                          f"only; on {surface} use current or popular"]})
+    missing = [name for name in candidates if name not in available]
+    if missing:
+        raise InvalidRequest(
+            f"the published model selection has no row of {', '.join(missing)}",
+            {"variants": [f"no {name} row in the published run's model selection; candidate families "
+                          f"available: {offered}" for name in missing]})
+
+
+def published_families() -> list[str]:
+    """Candidate families with a row in the published run's model_selection (read as GET /v1/runs/{id} does)."""
+    run_id = runs.current_run_id()
+    if run_id is None:
+        return []
+    metrics = runs.get_run(run_id).metrics or {}
+    return sorted(best_rows_by_family(metrics.get("model_selection")))
+
+
+def create_experiment(data: dict, config) -> dict:
+    """Store a new experiment; 422 for a variant it cannot serve, 409 when another one on the surface overlaps."""
+    names = [variant["name"] for variant in data["variants"]]
+    check_variants(data["surface"], names, published_families() if set(names) - set(SERVABLE_VARIANTS) else [])
     starts_at, ends_at = _naive(data["starts_at"]), _naive(data["ends_at"])
     with db.session() as session:
         overlapping = session.execute(select(Experiment).where(
@@ -96,6 +139,15 @@ def create_experiment(data: dict, config) -> dict:
         session.add(row)
         session.flush()
         return describe(row)
+
+
+def candidate_families_in_use(now: datetime | None = None) -> set[str]:
+    """Candidate families named by experiments running or scheduled (not stopped, not ended): training stages them."""
+    moment = now or utcnow()
+    with db.session() as session:
+        rows = session.execute(select(Experiment.variants).where(
+            Experiment.stopped_at.is_(None), Experiment.ends_at > moment)).scalars().all()
+    return {variant["name"] for variants in rows for variant in variants if variant["name"] in CANDIDATE_FAMILIES}
 
 
 def get_experiment(experiment_id: str) -> Experiment:

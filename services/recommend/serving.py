@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from services.recommend.addons import AddOnOptions, best_threshold_gap, suggest_add_ons
 from services.recommend.crosssell import merge_neighbor_lists, select_cart_items
-from services.recommend.store import Catalogue, CustomerLists, ListReader, decode_customer_lists
+from services.recommend.store import Catalogue, CustomerLists, ListReader, NeighbourSource, decode_customer_lists
 from shared.extensions import db
 from shared.models import Promotion
 
@@ -172,25 +172,43 @@ class Recommender:
         with self._neighbours_lock:
             self._neighbours.clear()
 
-    def neighbours(self, version: str, skus: list[str]) -> tuple[list[Neighbours | None], str | None]:
-        """Parsed neighbour lists of several items (None for an item without one), and any fallback used."""
+    def neighbours(self, version: str, skus: list[str],
+                   source: NeighbourSource | None = None) -> tuple[list[Neighbours | None], str | None]:
+        """Parsed neighbour lists of several items (None for an item without one), and any fallback used.
+
+        source: whose lists (a candidate variant's); the chosen model's by default.
+        """
+        kind, keys = ("nb", skus) if source is None else (source.kind, source.keys(skus))
         found: dict[str, Neighbours | None] = {}
         with self._neighbours_lock:
-            for sku in skus:
-                cached = self._neighbours.get((version, sku), _MISSING)
+            for key in keys:
+                cached = self._neighbours.get((version, kind, key), _MISSING)
                 if cached is not _MISSING:
-                    found[sku] = cached
-        missing = [sku for sku in skus if sku not in found]
+                    found[key] = cached
+        missing = [key for key in keys if key not in found]
         fallback = None
         if missing:
-            payloads, fallback = self.reader.get_lists(version, "nb", missing)
+            payloads, fallback = self.reader.get_lists(version, kind, missing)
             parsed = [Neighbours.from_payload(payload) if payload else None for payload in payloads]
             found.update(zip(missing, parsed))
             if fallback is None:
                 with self._neighbours_lock:
-                    for sku, neighbours in zip(missing, parsed):
-                        self._neighbours[(version, sku)] = neighbours
-        return [found[sku] for sku in skus], fallback
+                    for key, neighbours in zip(missing, parsed):
+                        self._neighbours[(version, kind, key)] = neighbours
+        return [found[key] for key in keys], fallback
+
+    def neighbour_source(self, catalogue: Catalogue, variant: str | None) -> tuple[NeighbourSource, str | None]:
+        """The lists a variant serves: a candidate family's as staged in the version, else the chosen model's.
+
+        A candidate not staged in the version (an experiment created after the last retrain) is answered
+        with the chosen model's lists and the fallback `variant_not_staged`: a degraded answer beats an error.
+        """
+        if variant is None:
+            return catalogue.lists, None
+        source, fallback = self.reader.variant_lists(catalogue.version, variant)
+        if source is None:
+            return catalogue.lists, _combine_fallbacks(fallback, "variant_not_staged")
+        return source, fallback
 
     def _model(self) -> tuple[Catalogue | None, str | None]:
         version, fallback = self.reader.version()
@@ -201,8 +219,8 @@ class Recommender:
             return None, "no_model"
         return catalogue, fallback
 
-    def bought_together(self, sku: str, request: Request) -> dict:
-        """Items bought with `sku`, best first."""
+    def bought_together(self, sku: str, request: Request, variant: str | None = None) -> dict:
+        """Items bought with `sku`, best first (by a candidate variant's lists when `variant` names one)."""
         catalogue, fallback = self._model()
         if catalogue is None:
             return _answer([], None, fallback)
@@ -211,7 +229,10 @@ class Recommender:
             allowed = _allowed_mask(catalogue, request, [])
             return _answer(_popular_items(catalogue, allowed, request.limit), catalogue.version,
                            _combine_fallbacks(fallback, "popular:unknown_item"))
-        (neighbours,), list_fallback = self.neighbours(catalogue.version, [sku])
+        source, source_fallback = self.neighbour_source(catalogue, variant)
+        if source_fallback:
+            fallback = _combine_fallbacks(fallback, source_fallback)
+        (neighbours,), list_fallback = self.neighbours(catalogue.version, [sku], source)
         allowed = _allowed_mask(catalogue, request, [anchor])
         items = []
         anchor_name = catalogue.names[anchor]
@@ -264,11 +285,18 @@ class Recommender:
         payloads, fallback = self.reader.get_lists(catalogue.version, "cust", [customer_id])
         return (decode_customer_lists(payloads[0]) if payloads[0] else None), fallback
 
-    def cart(self, customer_id: str | None, lines: list[dict], request: Request) -> dict:
-        """Cross-sell for a cart, and add-ons that close the gap to the best unreached promotion."""
+    def cart(self, customer_id: str | None, lines: list[dict], request: Request,
+             variant: str | None = None) -> dict:
+        """Cross-sell for a cart, and add-ons that close the gap to the best unreached promotion.
+
+        variant: a candidate family whose lists and popularity blend rank the cart instead of the chosen model's.
+        """
         catalogue, fallback = self._model()
         if catalogue is None:
             return _answer([], None, fallback, cross_sell=[], add_ons=None)
+        source, source_fallback = self.neighbour_source(catalogue, variant)
+        if source_fallback:
+            fallback = _combine_fallbacks(fallback, source_fallback)
         quantities: dict[int, int] = {}
         unknown = 0
         for line in lines[:MAX_CART_LINES]:
@@ -284,10 +312,10 @@ class Recommender:
             skip.update(customer.bought.tolist())
         allowed = _allowed_mask(catalogue, request, skip)
 
-        anchors = select_cart_items(cart_items, catalogue.informativeness, catalogue.max_cart_items)
+        anchors = select_cart_items(cart_items, source.informativeness, source.max_cart_items)
         anchor_skus = [catalogue.skus[item] for item in anchors]
-        anchor_lists, list_fallback = self.neighbours(catalogue.version, anchor_skus)
-        lists = [(catalogue.popular_items, catalogue.popular_scores, catalogue.popularity_weight)]
+        anchor_lists, list_fallback = self.neighbours(catalogue.version, anchor_skus, source)
+        lists = [(source.popular_items, source.popular_scores, source.popularity_weight)]
         anchor_lists = [(int(anchor), neighbours) for anchor, neighbours in zip(anchors, anchor_lists) if neighbours]
         for _anchor, neighbours in anchor_lists:
             lists.append((neighbours.items, neighbours.scores, 1.0))

@@ -35,6 +35,7 @@ POINTER_RECHECK_SECONDS = 1.0
 # Lists of a version never change, so hot ones are kept in the worker: a product page view of a
 # best seller then costs no Redis round trip at all.
 LIST_CACHE_ENTRIES = 20_000
+VARIANT_CACHE_ENTRIES = 64
 REDIS_RETRY_AFTER_SECONDS = 5.0
 
 
@@ -42,6 +43,53 @@ def list_key(version: str, kind: str, key: str | None = None) -> str:
     """Redis key of one list of a model version."""
     parts = ["recs", version, kind] if key is None else ["recs", version, kind, key]
     return redis_store.key(*parts)
+
+
+# An experiment's candidate variant (a model family) is staged in the version next to the chosen model:
+# its description under kind "variant" (key: the family) and, unless it is the chosen model itself, its
+# neighbour lists under kind "variant_nb" with key "<family>/<sku>" ("/" is never in a sku; the database
+# copy's kind column is 24 characters, too short to hold the family in the kind).
+VARIANT_KIND = "variant"
+VARIANT_LISTS_KIND = "variant_nb"
+
+
+def variant_key_prefix(family: str) -> str:
+    """What a candidate variant's list keys (within VARIANT_LISTS_KIND) start with, before the sku."""
+    return f"{family}/"
+
+
+@dataclass(frozen=True)
+class NeighbourSource:
+    """Where a model's per-item lists live in a version, and what a cart merges them with.
+
+    The chosen model's come with the catalogue; a candidate variant's from its staged description.
+    """
+
+    kind: str
+    key_prefix: str
+    informativeness: np.ndarray
+    popular_items: np.ndarray
+    popular_scores: np.ndarray
+    popularity_weight: float
+    max_cart_items: int
+
+    def keys(self, skus: list[str]) -> list[str]:
+        """The list keys of these items' neighbour lists."""
+        return [self.key_prefix + sku for sku in skus] if self.key_prefix else skus
+
+    @classmethod
+    def from_variant_payload(cls, payload: bytes | str) -> NeighbourSource:
+        """Parse the JSON a candidate variant was staged with (training.variant_payload)."""
+        data = json.loads(payload)
+        return cls(
+            kind=data["lists_kind"],
+            key_prefix=data["key_prefix"],
+            informativeness=np.asarray(data["informativeness"], dtype=float),
+            popular_items=np.asarray([item for item, _ in data["popular"]], dtype=np.int64),
+            popular_scores=np.asarray([score for _, score in data["popular"]], dtype=float),
+            popularity_weight=float(data["popularity_weight"]),
+            max_cart_items=int(data["max_cart_items"]),
+        )
 
 
 # Per-customer lists are many (one per customer), so they are packed, not JSON: a header of
@@ -144,6 +192,8 @@ class Catalogue:
     # Each item's category as a number (category_numbers[name]), so a request filters by category in numpy.
     category_codes: np.ndarray | None = None
     category_numbers: dict = field(default_factory=dict)
+    # The chosen model's neighbour lists and cart merge inputs (what `current` serves).
+    lists: NeighbourSource | None = None
 
     @classmethod
     def from_payload(cls, version: str, payload: bytes | str) -> Catalogue:
@@ -179,6 +229,9 @@ class Catalogue:
         # Gross margin per item; NaN where the cost is unknown (add-on ranking then uses the median).
         catalogue.margins = np.full(len(catalogue.skus), np.nan)
         catalogue.margins[priced] = 1.0 - catalogue.costs[priced] / catalogue.prices[priced]
+        catalogue.lists = NeighbourSource("nb", "", catalogue.informativeness, catalogue.popular_items,
+                                          catalogue.popular_scores, catalogue.popularity_weight,
+                                          catalogue.max_cart_items)
         return catalogue
 
 
@@ -193,6 +246,8 @@ class ListReader:
         self._redis_down_until = 0.0
         self._lists: LRUCache = LRUCache(maxsize=LIST_CACHE_ENTRIES)
         self._lists_lock = threading.Lock()
+        # (version, family) -> NeighbourSource, or None when the version has no such variant staged.
+        self._variants: LRUCache = LRUCache(maxsize=VARIANT_CACHE_ENTRIES)
 
     def reset(self) -> None:
         """Forget the cached version, catalogues and Redis health (tests, and after reconfiguring Redis)."""
@@ -203,6 +258,7 @@ class ListReader:
             self._redis_down_until = 0.0
         with self._lists_lock:
             self._lists.clear()
+            self._variants.clear()
 
     # ---- Redis health: after a failure, skip Redis for a few seconds instead of timing out per request.
 
@@ -258,6 +314,23 @@ class ListReader:
                 self._catalogues.pop(next(iter(self._catalogues)))
             self._catalogues[version] = catalogue
             return catalogue
+
+    def variant_lists(self, version: str, family: str) -> tuple[NeighbourSource | None, str | None]:
+        """A candidate variant's lists in a version (None when not staged there), and any fallback used.
+
+        Read once per version and family per process (a version never changes), a missing one included.
+        """
+        key = (version, family)
+        with self._lists_lock:
+            cached = self._variants.get(key, _MISSING)
+        if cached is not _MISSING:
+            return cached, None
+        (payload,), fallback = self.get_lists(version, VARIANT_KIND, [family])
+        source = NeighbourSource.from_variant_payload(payload) if payload else None
+        if fallback is None:
+            with self._lists_lock:
+                self._variants[key] = source
+        return source, fallback
 
     # ---- lists
 

@@ -27,18 +27,23 @@ from services.recommend.cooccurrence import CartScoring, CoPurchaseModel
 from services.recommend.crosssell import recommend_for_cart
 from services.recommend.candidates import binary_baskets, pair_counts
 from services.recommend.evaluation import evaluate_against_popularity, split_and_cases
+from services.recommend.experiments import candidate_families_in_use
 from services.recommend.foryou import ForYouModel, Neighbourhood
+from services.recommend.model_families import best_rows_by_family
 from services.recommend.popularity import popularity_by_group, trending_scores
 from services.recommend.selection import SelectionSettings, candidate_from_row, evaluate_fitted, select_model
 from services.recommend.store import (
     CUSTOMER_TIERS,
     MODEL_TTL_SECONDS,
     UNKNOWN_TIER,
+    VARIANT_KIND,
+    VARIANT_LISTS_KIND,
     VERSION_POINTER,
     customer_bucket_key,
     encode_customer_lists,
     list_key,
     set_database_version,
+    variant_key_prefix,
 )
 from shared.extensions import db, redis_store
 from shared.frames import id_range_condition, read_frame, write_frame
@@ -224,7 +229,6 @@ def _catalogue_payload(catalogue: pd.DataFrame, model: CoPurchaseModel, abc: np.
                        trending: np.ndarray, tier_popular: dict, item_counts: np.ndarray) -> str:
     """Everything a web worker keeps in memory for one model version."""
     in_stock = catalogue["stock"].isna() | (catalogue["stock"] > 0)
-    popular_items = model.popular_items_[:POPULAR_STORED]
     return json.dumps(
         {
             "skus": catalogue["sku"].tolist(),
@@ -237,16 +241,84 @@ def _catalogue_payload(catalogue: pd.DataFrame, model: CoPurchaseModel, abc: np.
             "repeat_purchase": catalogue["repeat_purchase"].tolist(),
             "abc": abc.tolist(),
             "orders": item_counts.astype(int).tolist(),
-            "informativeness": np.round(model.informativeness_, 6).tolist(),
-            "popularity_weight": float(model.cart.popularity_weight),
-            "max_cart_items": int(model.cart.max_cart_items),
-            "popular": [[int(item), round(float(score), 6)]
-                        for item, score in zip(popular_items, model.popular_scores_[:POPULAR_STORED])],
+            **_merge_inputs(model),
             "trending": [int(item) for item in np.lexsort((np.arange(trending.size), -trending))[:POPULAR_STORED]],
             "tier_popular": tier_popular,
         },
         separators=(",", ":"),
     )
+
+
+def _merge_inputs(model) -> dict:
+    """What serving merges a model's neighbour lists with: informativeness, the popular list and its weight."""
+    popular_items = model.popular_items_[:POPULAR_STORED]
+    return {
+        "informativeness": np.round(model.informativeness_, 6).tolist(),
+        "popularity_weight": float(model.cart.popularity_weight),
+        "max_cart_items": int(model.cart.max_cart_items),
+        "popular": [[int(item), round(float(score), 6)]
+                    for item, score in zip(popular_items, model.popular_scores_[:POPULAR_STORED])],
+    }
+
+
+def variant_payload(model, lists_kind: str, key_prefix: str) -> str:
+    """A candidate variant's description in a version (store.NeighbourSource.from_variant_payload reads it)."""
+    return json.dumps({"model": model.describe(), "lists_kind": lists_kind, "key_prefix": key_prefix,
+                       **_merge_inputs(model)}, separators=(",", ":"))
+
+
+def stage_variants(version: str, data: TrainingData, skus: np.ndarray, selection: dict, chosen,
+                   config: dict) -> tuple[dict, dict]:
+    """Fit and stage the candidate families experiments name (running or scheduled), from tonight's rows.
+
+    Each is tonight's best row of its family in `selection`, fitted on the same whole-window baskets as
+    the chosen model (`chosen`, fitted) and staged under the version next to it, so it publishes with
+    the rest. Returns ({family: {"params", "seconds", "lists"}} staged, {family: why} not staged).
+    A variant that cannot be fitted is skipped, never the night's model: serving answers it with the
+    chosen model's lists (fallback `variant_not_staged`).
+    """
+    families = candidate_families_in_use()
+    rows = best_rows_by_family(selection)
+    settings = SelectionSettings.from_config(config)
+    staged, skipped = {}, {}
+    for family in sorted(families):
+        if family not in rows:
+            skipped[family] = "no row of this family in tonight's model selection"
+            continue
+        started = time.perf_counter()
+        try:
+            lists = _stage_variant(version, family, _variant_candidate(rows[family], settings), chosen, data, skus)
+        except ValueError as error:  # a fit that fails on tonight's data (e.g. EASE not positive definite)
+            log.warning("experiment variant not staged", extra={"version": version, "family": family,
+                                                                 "error": str(error)})
+            skipped[family] = f"{type(error).__name__}: {error}"
+            continue
+        staged[family] = {"params": rows[family]["params"], "lists": lists,
+                          "seconds": round(time.perf_counter() - started, 3)}
+    return staged, skipped
+
+
+def _variant_candidate(row: dict, settings: SelectionSettings):
+    """The unfitted candidate of a selection row, with the list sizes selection fitted it with."""
+    candidate = candidate_from_row(row)
+    common = {"n_neighbours": settings.n_neighbours, "n_popular": settings.n_popular}
+    if "max_items" in candidate.get_params():
+        common["max_items"] = settings.ease_max_items
+    return candidate.set_params(**common)
+
+
+def _stage_variant(version: str, family: str, candidate, chosen, data: TrainingData, skus: np.ndarray) -> str:
+    """Stage one candidate variant; returns whose lists it serves: "chosen" (the same model) or "own"."""
+    if type(candidate) is type(chosen) and candidate.get_params() == chosen.get_params():
+        # Tonight's chosen model itself: no refit, the variant points at the main lists.
+        write_lists(version, {VARIANT_KIND: {family: variant_payload(chosen, "nb", "")}})
+        return "chosen"
+    fitted = clone(candidate).fit(data.baskets, data.basket_times)
+    prefix = variant_key_prefix(family)
+    neighbours = {prefix + sku: payload for sku, payload in _neighbour_payloads(fitted, data.baskets, skus).items()}
+    write_lists(version, {VARIANT_LISTS_KIND: neighbours,
+                          VARIANT_KIND: {family: variant_payload(fitted, VARIANT_LISTS_KIND, prefix)}})
+    return "own"
 
 
 def customer_tiers(run_id: str, customer_ids: pd.Index, low: str | None = None,
@@ -366,8 +438,9 @@ def _load_training_inputs(as_of: datetime, config: dict) -> tuple[pd.DataFrame, 
 def train_models(run_id: str, as_of: datetime, config: dict) -> dict:
     """Train on paid orders up to as_of and stage the shared lists under version `run_id` (not yet served).
 
-    Stages the catalogue, neighbour lists and bundles, and the for-you inputs that the per-customer
-    shards (`train_for_you_shard`) read; the per-customer lists are theirs to write.
+    Stages the catalogue, neighbour lists and bundles, the candidate variants that experiments name
+    (`stage_variants`), and the for-you inputs that the per-customer shards (`train_for_you_shard`)
+    read; the per-customer lists are theirs to write.
     """
     timings: dict[str, float] = {}
     catalogue, lines, quarantined, timings["load"] = _load_training_inputs(as_of, config)
@@ -411,6 +484,11 @@ def train_models(run_id: str, as_of: datetime, config: dict) -> dict:
     write_shared_lists(run_id, catalogue_payload, neighbour_payloads, bundle_payloads)
     stage_for_you_inputs(run_id, _for_you_inputs(data, catalogue, model))
     timings["stage"] = time.perf_counter() - step
+    step = time.perf_counter()
+    selection["variants_staged"], skipped = stage_variants(run_id, data, skus, selection, model, config)
+    if skipped:
+        selection["variants_skipped"] = skipped
+    timings["variants"] = time.perf_counter() - step
     return {
         "model_version": run_id,
         "order_lines": int(data.order_lines),
@@ -528,26 +606,29 @@ def write_version(version: str, catalogue_payload: str, neighbours: dict[str, st
 
 def write_shared_lists(version: str, catalogue_payload: str, neighbours: dict[str, str],
                        bundles: dict[str, str]) -> None:
-    """Write a version's catalogue, neighbour and bundle lists to Redis (with a TTL) and to the database."""
+    """Write a version's catalogue, neighbour and bundle lists anew (Redis with a TTL, and the database)."""
+    with db.session() as session:
+        session.execute(delete(RecommendationList).where(RecommendationList.model_version == version))
+    write_lists(version, {"catalogue": {"-": catalogue_payload}, "nb": neighbours, "bundles": bundles})
+
+
+def write_lists(version: str, lists: dict[str, dict[str, str]]) -> None:
+    """Add lists ({kind: {key: payload}}; key "-": the kind's one list) to a version in Redis and the database."""
     pipeline = redis_store.client.pipeline(transaction=False)
-    pipeline.set(list_key(version, "catalogue"), catalogue_payload, ex=MODEL_TTL_SECONDS)
-    pending = 1
-    for kind, payloads in (("nb", neighbours), ("bundles", bundles)):
+    pending = 0
+    for kind, payloads in lists.items():
         for key, payload in payloads.items():
-            pipeline.set(list_key(version, kind, key), payload, ex=MODEL_TTL_SECONDS)
+            pipeline.set(list_key(version, kind) if key == "-" else list_key(version, kind, key), payload,
+                         ex=MODEL_TTL_SECONDS)
             pending += 1
             if pending >= 10_000:
                 pipeline.execute()
                 pending = 0
     pipeline.execute()
 
-    rows = [("catalogue", "-", catalogue_payload)]
-    rows += [("nb", key, payload) for key, payload in neighbours.items()]
-    rows += [("bundles", key, payload) for key, payload in bundles.items()]
+    rows = [(kind, key, payload) for kind, payloads in lists.items() for key, payload in payloads.items()]
     frame = pd.DataFrame(rows, columns=["kind", "list_key", "payload"])
     frame.insert(0, "model_version", version)
-    with db.session() as session:
-        session.execute(delete(RecommendationList).where(RecommendationList.model_version == version))
     write_frame(db.engine, "recommendation_lists", frame)
 
 

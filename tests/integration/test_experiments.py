@@ -139,3 +139,13 @@ def test_report_shows_uplift_with_its_interval_and_the_sample_still_needed(clien
 
 def test_report_of_an_unknown_experiment_is_404(client, make_key):
     assert client.get("/v1/experiments/x-none/report", headers=make_key("analytics:read")).status_code == 404
+
+
+def test_a_candidate_variant_needs_a_row_of_its_family_in_the_published_selection(client, admin):
+    # The factory shop is too small for the default selection: the published run compared no candidates.
+    response = create(client, admin, surface="bought_together",
+                      variants=[{"name": "current", "weight": 1}, {"name": "knn_cosine", "weight": 1}])
+    assert response.status_code == 422
+    assert response.json["error"]["details"]["variants"] == [
+        "no knn_cosine row in the published run's model selection; candidate families available: "
+        "none (the published run compared no candidates)"]

@@ -18,6 +18,7 @@ from services.recommend.schemas import (
 )
 from services.recommend.experiments import RunningExperiments, assign_variant
 from services.recommend.feedback import ServedContext, served_log, served_record
+from services.recommend.model_families import CANDIDATE_FAMILIES
 from services.recommend.serving import Recommender, Request
 from services.recommend.store import reader
 from shared.web import FALLBACKS, RECOMMENDATIONS, json_response, require_scope
@@ -52,6 +53,11 @@ def _context(surface: str, customer_id: str | None, session_id: str | None) -> S
     return context
 
 
+def _candidate(context: ServedContext) -> str | None:
+    """The candidate family the shopper's variant names, or None (the chosen model's lists serve)."""
+    return context.variant if context.variant in CANDIDATE_FAMILIES else None
+
+
 def _served(answer: dict, surface: str, context: ServedContext):
     """Log the answer for attribution (buffered, see ServedLog) and send it."""
     config = current_app.config
@@ -72,7 +78,8 @@ class BoughtTogether(MethodView):
         context = _context("bought_together", args.get("customer_id"), args.get("session_id"))
         if context.variant == "popular":
             return _served(recommender.popular(_request(args)), "bought_together", context)
-        return _served(recommender.bought_together(sku, _request(args)), "bought_together", context)
+        return _served(recommender.bought_together(sku, _request(args), _candidate(context)), "bought_together",
+                       context)
 
 
 @blp.route("/items/<sku>/bundles")
@@ -101,7 +108,8 @@ class CartRecommendations(MethodView):
             answer = recommender.popular(_request(cart))
             return _served({**answer, "cross_sell": answer["items"], "add_ons": None, "unknown_skus": 0}, "cart",
                            context)
-        return _served(recommender.cart(cart["customer_id"], cart["items"], _request(cart)), "cart", context)
+        return _served(recommender.cart(cart["customer_id"], cart["items"], _request(cart), _candidate(context)),
+                       "cart", context)
 
 
 @blp.route("/customers/<customer_id>/recommendations")
