@@ -19,6 +19,7 @@ import redis
 from celery import Celery, Task
 from celery.schedules import crontab
 from flask import Flask
+from kombu import pools as kombu_pools
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 log = logging.getLogger("segrec.tasks")
@@ -124,6 +125,9 @@ def _forget_connections() -> None:
     """
     if celery_app._pool is not None:
         celery_app._pool.force_close_all()
+    # kombu keeps producer pools per connection URL process-wide: without this, the app's next producer pool
+    # would be the old one, built on the connection pool just closed ("Acquire on closed pool").
+    kombu_pools.reset()
     celery_app._after_fork()
     celery_app._backend_cache = None
     celery_app._local = threading.local()

@@ -375,6 +375,10 @@ class CampaignMemberSchema(Schema):
     offer = fields.Dict(allow_none=True)
     recommended_skus = fields.List(fields.String())
     contacted_at = UtcDateTime(allow_none=True)
+    recommendation_id = fields.String(
+        allow_none=True,
+        metadata={"description": "sent back with feedback on these skus (POST /v1/feedback, surface campaign); "
+                                 "null when the member has no recommended skus"})
 
 
 class CampaignMemberPageSchema(Schema):

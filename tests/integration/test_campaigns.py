@@ -29,7 +29,7 @@ from services.segmentation import campaigns
 from services.segmentation.campaigns import build as campaign_build
 from shared.extensions import db
 from shared.ingest import utcnow
-from shared.models import Campaign, CampaignMember, Customer, CustomerScore, Product
+from shared.models import Campaign, CampaignMember, Customer, CustomerScore, Product, ServedRecommendation
 from tests.factories import AS_OF, add_orders, small_shop
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,10 +128,19 @@ def test_win_back_builds_groups_offers_and_recommendations(client, writer, segme
             assert 1 <= len(member["recommended_skus"]) <= 3
             assert set(member["recommended_skus"]) <= sellable
             assert member["contacted_at"][:19] == launched[:19]
+            assert member["recommendation_id"] == campaigns.member_recommendation_id(campaign_id,
+                                                                                       member["customer_id"])
         else:
             assert member["offer"] is None and member["recommended_skus"] == [] and member["contacted_at"] is None
+            assert member["recommendation_id"] is None
     treatment = all_members(client, writer, campaign_id, group="treatment")
     assert len(treatment) == campaign["treatment_size"] and {m["group"] for m in treatment} == {"treatment"}
+    # Each treated member's skus are a served answer of surface campaign, so feedback on them is attributed.
+    with db.session() as session:
+        served = session.execute(select(ServedRecommendation).where(ServedRecommendation.surface == "campaign")
+                                 ).scalars().all()
+    assert sorted((row.recommendation_id, row.customer_id, row.model_version) for row in served) == sorted(
+        (member["recommendation_id"], member["customer_id"], campaign["model_version"]) for member in treatment)
 
 
 def test_same_key_same_body_is_the_same_campaign_other_body_conflicts(client, writer, segmentation_app, shop):
@@ -367,8 +376,10 @@ def test_members_csv_streams_every_member(client, writer, segmentation_app, shop
         if row["group"] == "treatment":
             assert row["offer_kind"] == "free_shipping" and row["offer_valid_days"] == "7"
             assert row["recommended_skus"] and row["contacted_at"]
+            assert row["recommendation_id"] == campaigns.member_recommendation_id(campaign["campaign_id"],
+                                                                                    row["customer_id"])
         else:
-            assert row["offer_kind"] == "" and row["recommended_skus"] == ""
+            assert row["offer_kind"] == "" and row["recommended_skus"] == "" and row["recommendation_id"] == ""
     control_only = client.get(f"/v1/campaigns/{campaign['campaign_id']}/members.csv?group=control", headers=writer)
     control_rows = list(csv.DictReader(io.StringIO(control_only.get_data(as_text=True))))
     assert len(control_rows) == campaign["control_size"] and {row["group"] for row in control_rows} <= {"control"}

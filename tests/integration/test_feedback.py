@@ -266,3 +266,43 @@ def test_a_consumer_killed_mid_batch_loses_no_event(apps, make_key, settings, wo
         assert session.execute(select(func.count(func.distinct(FeedbackEvent.event_id)))).scalar_one() == 100
         assert session.execute(select(func.count()).select_from(ServedRecommendation)).scalar_one() == 0
     assert redis_store.client.xlen(stream_key(SERVED_STREAM)) == 0
+
+
+def test_campaign_recommendations_are_attributed_to_surface_campaign(apps, make_key, settings, worker):
+    """A win-back member's recommended skus carry a recommendation_id; its click and purchase count for campaign."""
+    recommend, segmentation = apps
+    storefront = make_key("feedback:write")
+    analytics = make_key("analytics:read")
+    ingest = make_key("ingest:write")
+    marketer = make_key("campaigns:write")
+    created = segmentation.post("/v1/campaigns/win-back", json={"holdout_fraction": 0.2},
+                                headers={**marketer, "Idempotency-Key": uuid.uuid4().hex})
+    assert created.status_code == 202, created.json
+    campaign_id = created.json["campaign_id"]
+    deadline = time.monotonic() + DRAIN_TIMEOUT  # the worker builds it
+    while segmentation.get(f"/v1/campaigns/{campaign_id}", headers=marketer).json["status"] != "ready":
+        assert time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.2)
+    members = segmentation.get(f"/v1/campaigns/{campaign_id}/members?group=treatment&limit=200",
+                               headers=marketer).json["items"]
+    member = next(item for item in members if item["recommended_skus"])
+    customer, sku = member["customer_id"], member["recommended_skus"][0]
+    now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+    batch = [
+        impression("k1", member["recommendation_id"], [{"sku": item} for item in member["recommended_skus"]],
+                   now - timedelta(hours=3), customer_id=customer),
+        click("k2", member["recommendation_id"], sku, now - timedelta(hours=2), customer_id=customer),
+    ]
+    assert recommend.post("/v1/feedback", headers=storefront, json=batch).status_code == 202
+    order = {"order_id": "camp-o1", "customer_id": customer, "placed_at": iso(now - timedelta(hours=1)),
+             "lines": [{"sku": sku, "quantity": 3, "unit_price": 10.0}]}
+    assert segmentation.post("/v1/orders", headers=ingest, json=[order]).json["accepted"] == 1
+
+    drain_with_worker(settings, worker)
+
+    today = datetime.now(ZoneInfo("Asia/Shanghai")).date()
+    body = recommend.get(f"/v1/recommendations/metrics?from={today - timedelta(days=1)}&to={today}"
+                         "&surface=campaign&group_by=surface", headers=analytics).json
+    assert body["unattributed_events"] == 0
+    assert [(row["surface"], row["impressions"], row["clicks"], row["attributed_orders"], row["attributed_revenue"])
+            for row in body["rows"]] == [("campaign", 1, 1, 1, 30.0)]

@@ -26,11 +26,18 @@ from sqlalchemy.orm import Session
 
 from services.recommend.store import Catalogue, ListReader, customer_payloads, decode_customer_lists
 from services.segmentation.campaigns.assignment import Candidate, Selection, select_members
-from services.segmentation.campaigns.members import find_campaign
+from services.segmentation.campaigns.members import find_campaign, member_recommendation_id
 from services.segmentation.segments import audience_statement
 from shared.extensions import db, redis_store
-from shared.ingest import utcnow
-from shared.models import Campaign, CampaignMember, CampaignWebhookDelivery, Customer, CustomerScore
+from shared.ingest import insert_ignoring_duplicates, utcnow
+from shared.models import (
+    Campaign,
+    CampaignMember,
+    CampaignWebhookDelivery,
+    Customer,
+    CustomerScore,
+    ServedRecommendation,
+)
 
 log = logging.getLogger("segrec.campaigns")
 
@@ -200,25 +207,45 @@ def _build_note(campaign: Campaign, selection: Selection) -> str | None:
 
 def _insert_members(campaign: Campaign, selection: Selection, recommended: dict[str, list[str]],
                     chunk: int) -> None:
+    """Write the members, and the served record of each treated member's recommended skus (surface campaign)."""
     offer = _offer_for(campaign.definition, campaign.launched_at)
     table = CampaignMember.__table__
     for start in range(0, len(selection.members), chunk):
-        rows = []
+        rows, served = [], []
         for position, (customer_id, group, _tier) in enumerate(selection.members[start:start + chunk], start + 1):
             treated = group == "treatment"
+            skus = recommended.get(customer_id, []) if treated else []
             rows.append({
                 "campaign_id": campaign.campaign_id,
                 "customer_id": customer_id,
                 "group": group,
                 "rank": position,
                 "offer": offer if treated else None,
-                "recommended_skus": recommended.get(customer_id, []) if treated else [],
+                "recommended_skus": skus,
                 # The frequency cap of later campaigns reads this: only treated members were contacted.
                 "contacted_at": campaign.launched_at if treated else None,
             })
-        # One transaction per chunk keeps lock time short; an interrupted build is redone from scratch.
+            if skus:
+                served.append(_served_record(campaign, customer_id))
+        # One transaction per chunk keeps lock time short; an interrupted build is redone from scratch, and
+        # its served records (ids derived from campaign and customer) are then already there.
         with db.session() as session:
             session.execute(insert(table), rows)
+            insert_ignoring_duplicates(session, ServedRecommendation.__table__, served, ["recommendation_id"])
+
+
+def _served_record(campaign: Campaign, customer_id: str) -> dict:
+    """A treated member's recommendations as a served answer: feedback on them is attributed to surface campaign."""
+    return {
+        "recommendation_id": member_recommendation_id(campaign.campaign_id, customer_id),
+        "surface": "campaign",
+        "model_version": campaign.model_version,
+        "variant": "current",
+        "experiment_id": None,
+        "customer_id": customer_id,
+        "session_id": None,
+        "served_at": campaign.launched_at,
+    }
 
 
 def _finish(campaign: Campaign, selection: Selection, batch_size: int) -> BuildResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 
 from sqlalchemy import select
@@ -18,8 +19,22 @@ log = logging.getLogger("segrec.campaigns")
 
 CSV_COLUMNS = (
     "customer_id", "group", "rank", "offer_kind", "offer_value", "offer_valid_days", "offer_expires_at",
-    "recommended_skus", "contacted_at",
+    "recommended_skus", "contacted_at", "recommendation_id",
 )
+# Names the recommendation ids of campaign members (uuid5), so a rebuilt campaign gives every member the same id.
+CAMPAIGN_RECOMMENDATIONS = uuid.UUID("6f1d3c52-8f0e-4d5b-9a57-2b8e0c4e7a10")
+
+
+def member_recommendation_id(campaign_id: str, customer_id: str) -> str:
+    """The recommendation_id of a treated member's recommended skus, for feedback on surface "campaign".
+
+    Derived, not stored: the same for every rebuild and every reader (API pages, CSV, webhooks).
+    """
+    return uuid.uuid5(CAMPAIGN_RECOMMENDATIONS, f"{campaign_id}/{customer_id}").hex
+
+
+def _recommendation_id(campaign_id: str, customer_id: str, recommended_skus: list | None) -> str | None:
+    return member_recommendation_id(campaign_id, customer_id) if recommended_skus else None
 
 
 def _webhook_summary(session: Session, campaign: Campaign) -> dict | None:
@@ -108,6 +123,7 @@ def member_to_dict(member: CampaignMember) -> dict:
         "offer": member.offer,
         "recommended_skus": member.recommended_skus,
         "contacted_at": member.contacted_at,
+        "recommendation_id": _recommendation_id(member.campaign_id, member.customer_id, member.recommended_skus),
     }
 
 
@@ -139,6 +155,7 @@ def _csv_row(row) -> tuple:
         row.customer_id, row.group, row.rank, offer.get("kind", ""), offer.get("value", ""),
         offer.get("valid_days", ""), offer.get("expires_at", ""), " ".join(row.recommended_skus or []),
         row.contacted_at.isoformat() + "Z" if row.contacted_at else "",
+        _recommendation_id(row.campaign_id, row.customer_id, row.recommended_skus) or "",
     )
 
 
@@ -148,7 +165,7 @@ def stream_members_csv(session: Session, campaign_id: str, group: str | None,
     ready_campaign(session, campaign_id)
     statement = (
         select(CampaignMember.customer_id, CampaignMember.group, CampaignMember.rank, CampaignMember.offer,
-               CampaignMember.recommended_skus, CampaignMember.contacted_at)
+               CampaignMember.recommended_skus, CampaignMember.contacted_at, CampaignMember.campaign_id)
         .where(CampaignMember.campaign_id == campaign_id)
         .order_by(CampaignMember.rank)
         .execution_options(stream_results=True, yield_per=batch_rows)

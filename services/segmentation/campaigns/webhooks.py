@@ -18,7 +18,7 @@ import urllib3
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from services.segmentation.campaigns.members import find_campaign
+from services.segmentation.campaigns.members import find_campaign, member_recommendation_id
 from shared.errors import InvalidRequest
 from shared.extensions import db
 from shared.ingest import utcnow
@@ -183,7 +183,9 @@ def webhook_body(session: Session, campaign: Campaign, delivery: CampaignWebhook
         "launched_at": campaign.launched_at.isoformat(timespec="seconds") + "Z",
         "members": [
             {"customer_id": member.customer_id, "rank": member.rank, "offer": member.offer,
-             "recommended_skus": member.recommended_skus}
+             "recommended_skus": member.recommended_skus,
+             "recommendation_id": (member_recommendation_id(campaign.campaign_id, member.customer_id)
+                                   if member.recommended_skus else None)}
             for member in members
         ],
     }
