@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from prometheus_client import Counter
 
 from services.recommend.schemas import (
@@ -21,9 +20,10 @@ from services.recommend.feedback import ServedContext, served_log, served_record
 from services.recommend.model_families import CANDIDATE_FAMILIES
 from services.recommend.serving import Recommender, Request
 from services.recommend.store import reader
-from shared.web import FALLBACKS, RECOMMENDATIONS, json_response, require_scope
+from shared.web import FALLBACKS, RECOMMENDATIONS, PlainQueryBlueprint, json_response, require_scope
 
-blp = Blueprint("recommendations", __name__, url_prefix="/v1", description="Recommendations for the storefront")
+blp = PlainQueryBlueprint("recommendations", __name__, url_prefix="/v1",
+                          description="Recommendations for the storefront")
 recommender = Recommender(reader)
 experiments = RunningExperiments()
 
