@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 
 from marshmallow import RAISE, Schema, ValidationError, fields, missing, validate
 from marshmallow.decorators import POST_LOAD, PRE_LOAD, VALIDATES, VALIDATES_SCHEMA
+from webargs.fields import DelimitedList
 
 from shared.limits import id_problem
 from shared.schemas import DocumentedLength, DocumentedPattern, ShopDateTime, check_id, check_no_comma, time_rules
@@ -230,3 +231,99 @@ class PlainLoader:
         """Each record loaded, or None where the schema has to decide (one time context for the batch)."""
         context = PlainContext()
         return [self.load(record, context) for record in records]
+
+
+# ---- query strings -------------------------------------------------------------------------------
+
+# An integer as a query value the fast path reads: ASCII digits only (int() also takes "+5", " 5", "5_0"
+# and other scripts' digits; those go through the schema), short enough never to meet int()'s digit limit.
+PLAIN_DIGITS = re.compile(r"^[0-9]{1,18}$")
+
+
+def _query_value_loader(field: fields.Field):
+    """A function (text) -> loaded value for one query parameter's text; raises _Defer or _Unsupported."""
+    if type(field) is fields.String:
+        check = _all_of(_string_checks(field))
+
+        def load_string(text):
+            if not check(text):
+                raise _Defer
+            return text
+        return load_string
+    if type(field) is fields.Integer and not field.strict:
+        check = _all_of(_range_checks(field))
+
+        def load_integer(text):
+            if not PLAIN_DIGITS.match(text):
+                raise _Defer
+            value = int(text)
+            if not check(value):
+                raise _Defer
+            return value
+        return load_integer
+    if type(field) is DelimitedList and field.empty_value == "":
+        inner = _query_value_loader(field.inner)
+        length = _list_length(field)
+        delimiter = field.delimiter
+
+        def load_delimited(text):
+            items = text.split(delimiter) if text else []
+            if not length(len(items)):
+                raise _Defer
+            return [inner(item) for item in items]
+        return load_delimited
+    raise _Unsupported(f"query field {type(field).__name__}")
+
+
+def _query_loader(schema: Schema):
+    """A function (args) -> the loaded dict, for one schema read from a query string; raises _Defer."""
+    hooks = schema._hooks
+    if any(hooks[hook] for hook in (PRE_LOAD, POST_LOAD, VALIDATES, VALIDATES_SCHEMA)) or schema.many or schema.partial:
+        raise _Unsupported("load hooks, many or partial")
+    plan = []
+    for name, field in schema.load_fields.items():
+        default = field.load_default
+        plan.append((field.data_key or name, name, _query_value_loader(field), field.required, default))
+
+    def load_query(args):
+        loaded = {}
+        for key, name, loader, required, default in plan:
+            # The first value of a repeated parameter, as webargs reads a field that is not `is_multiple`
+            # (getlist: MultiDict.get raises and catches a BadRequestKeyError for every absent parameter).
+            values = args.getlist(key)
+            if values:
+                loaded[name] = loader(values[0])
+            elif required:
+                raise _Defer
+            elif default is not missing:
+                loaded[name] = default() if callable(default) else default
+        return loaded
+    return load_query
+
+
+class PlainQueryLoader:
+    """`load(args)`: what webargs answers for a query string (unknown parameters excluded) when plainly valid.
+
+    Reads String (with the validators PlainLoader reads), Integer (not strict; ASCII digits within its
+    Range) and DelimitedList of those; None for anything else, and the caller parses through webargs.
+    """
+
+    def __init__(self, schema: Schema) -> None:
+        try:
+            self._load = _query_loader(schema)
+        except _Unsupported:
+            self._load = None
+
+    @property
+    def supported(self) -> bool:
+        """False when the schema declares something this loader does not read (it then always defers)."""
+        return self._load is not None
+
+    def load(self, args):
+        """The loaded arguments from a werkzeug MultiDict of query parameters, or None: parse them through webargs."""
+        if self._load is None:
+            return None
+        try:
+            return self._load(args)
+        except _Defer:
+            return None

@@ -18,7 +18,14 @@ import orjson
 import redis
 from sqlalchemy.dialects import postgresql, sqlite
 
-from services.recommend.feedback import CONSUMER_GROUP, EVENT_FIELDS, FEEDBACK_STREAM, SERVED_STREAM, stream_key
+from services.recommend.feedback import (
+    CONSUMER_GROUP,
+    EVENT_FIELDS,
+    FEEDBACK_STREAM,
+    SERVED_STREAM,
+    served_records,
+    stream_key,
+)
 from shared.extensions import db, redis_store
 from shared.ingest import utcnow
 from shared.models import FeedbackEvent, ServedRecommendation
@@ -61,11 +68,12 @@ def feedback_rows(fields: dict, received_at: datetime) -> list[dict]:
 
 
 def served_rows(fields: dict, _received_at: datetime) -> list[dict]:
-    """The served_recommendations row of one stream entry."""
-    record = orjson.loads(fields[b"served"])
-    record["served_at"] = _naive_utc(record["served_at"])
-    record["variant"] = record.get("variant") or "current"
-    return [record]
+    """The served_recommendations rows of one stream entry (a web worker's batch, or one older record)."""
+    records = served_records(fields)
+    for record in records:
+        record["served_at"] = _naive_utc(record["served_at"])
+        record["variant"] = record.get("variant") or "current"
+    return records
 
 
 # stream -> (table, unique key, entry parser)

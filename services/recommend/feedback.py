@@ -1,8 +1,8 @@
 """The fast path of storefront feedback: validated events and served answers are appended to Redis Streams.
 
 POST /v1/feedback appends one stream entry per request (the request's accepted events as one JSON
-array) and answers 202; serving adds one entry per answer to the served log (recommendation_id,
-surface, model version, variant), sent by each web worker in pipelined batches (ServedLog). A Celery
+array) and answers 202; serving logs a record per answer (recommendation_id, surface, model version,
+variant), and each web worker appends its records in batches, one stream entry per batch (ServedLog). A Celery
 consumer group (services/pipeline/feedback.py) drains both into the database. Nothing here touches the
 database: a feedback request costs one Redis round trip, a served answer a share of one.
 
@@ -101,6 +101,20 @@ class FeedbackWriter:
         return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
 
+# The served stream's field names: a batch of records as one JSON array, and the one record per entry
+# that workers before the batched form wrote (still read, for entries left from before an upgrade).
+SERVED_BATCH_FIELD = "served_batch"
+SERVED_RECORD_FIELD = "served"
+
+
+def served_records(fields: dict) -> list[dict]:
+    """The served-answer records of one served-stream entry, in either form."""
+    batch = fields.get(SERVED_BATCH_FIELD.encode())
+    if batch is not None:
+        return orjson.loads(batch)
+    return [orjson.loads(fields[SERVED_RECORD_FIELD.encode()])]
+
+
 def served_record(answer: dict, surface: str, served: ServedContext) -> bytes:
     """The served-log entry of an answer."""
     return orjson.dumps({
@@ -116,11 +130,12 @@ def served_record(answer: dict, surface: str, served: ServedContext) -> bytes:
 
 
 class ServedLog:
-    """Buffers served-answer records and appends them to the served stream in pipelined batches.
+    """Buffers served-answer records and appends each batch to the served stream as one entry.
 
     A Redis round trip per answer cost about a third of a bought-together request in the profile, so a
-    web worker sends its records `batch` at a time (one pipeline), and a background thread sends what
-    waits longer than `flush_seconds`. What a worker killed with SIGKILL still held (at most `batch`
+    web worker sends its records `batch` at a time, as one XADD of one JSON array (one XADD per record
+    in a pipeline still cost ~7 % of a request), and a background thread sends what waits longer than
+    `flush_seconds`. What a worker killed with SIGKILL still held (at most `batch`
     records, under a second) is lost; their feedback then counts under surface "unknown". A Redis error
     never fails a request: the batch is dropped and logged.
     """
@@ -155,13 +170,13 @@ class ServedLog:
             self._send(records)
 
     def _send(self, records: list[bytes]) -> None:
-        max_length = self._settings[2]
+        batch, _flush_seconds, max_length = self._settings
+        # The bound counts answers; the stream's length counts batches of up to `batch` answers.
+        max_entries = max(1, -(-max_length // max(1, batch)))
+        payload = b"[" + b",".join(records) + b"]"
         try:
-            pipe = redis_store.client.pipeline(transaction=False)
-            name = stream_key(SERVED_STREAM)
-            for record in records:
-                pipe.xadd(name, {"served": record}, maxlen=max_length, approximate=True)
-            pipe.execute()
+            redis_store.command("XADD", stream_key(SERVED_STREAM), "MAXLEN", "~", max_entries, "*",
+                                SERVED_BATCH_FIELD, payload)
         except redis.RedisError as error:
             log.warning("served answers not logged: %s", error, extra={"records": len(records)})
 

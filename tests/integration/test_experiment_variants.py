@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import orjson
 import pytest
 from prometheus_client import REGISTRY
 
 from services.pipeline.retrain import retrain_now
 from services.recommend.candidates import candidate_from_spec
 from services.recommend.experiments import assign_variant
-from services.recommend.feedback import SERVED_STREAM, stream_key
+from services.recommend.feedback import SERVED_STREAM, served_records, stream_key
 from services.recommend.model_families import best_rows_by_family
 from services.recommend.training import TrainingData, load_catalogue, load_order_lines
 from services.recommend.views.recommendations import recommender
@@ -118,7 +117,8 @@ def test_a_candidate_variant_serves_its_family_lists_once_a_retrain_staged_them(
     assert skus(bought_together("current")) == skus(current) != expected
     assert fallbacks("variant_not_staged") == not_staged_before + 1
 
-    logged = [orjson.loads(fields[b"served"]) for _id, fields in redis_store.client.xrange(stream_key(SERVED_STREAM))]
+    entries = redis_store.client.xrange(stream_key(SERVED_STREAM))
+    logged = [record for _id, fields in entries for record in served_records(fields)]
     by_answer = {record["recommendation_id"]: record for record in logged}
     record = by_answer[answer["recommendation_id"]]
     assert (record["variant"], record["experiment_id"], record["surface"]) == (

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import orjson
 import pytest
 from sqlalchemy import insert
 
 from services.recommend.experiments import assign_variant
-from services.recommend.feedback import SERVED_STREAM, stream_key
+from services.recommend.feedback import SERVED_STREAM, served_records, stream_key
 from shared.extensions import db, redis_store
 from shared.models import FeedbackEvent, ServedRecommendation
 from shared.statistics import newcombe_interval, sample_size_per_group, wilson_interval
@@ -63,7 +62,7 @@ def test_serving_answers_with_the_sticky_variant_and_logs_it(client, admin, make
             answer = client.get(f"/v1/customers/x-{index}/recommendations", headers=storefront).json
             served.setdefault(f"x-{index}", []).append(answer)
     entries = redis_store.client.xrange(stream_key(SERVED_STREAM))
-    logged = [orjson.loads(fields[b"served"]) for _entry_id, fields in entries]
+    logged = [record for _entry_id, fields in entries for record in served_records(fields)]
     assert len(logged) == 24
     for record in logged:
         expected = assign_variant(experiment["experiment_id"], VARIANTS, record["customer_id"])

@@ -306,3 +306,40 @@ def test_campaign_recommendations_are_attributed_to_surface_campaign(apps, make_
     assert body["unattributed_events"] == 0
     assert [(row["surface"], row["impressions"], row["clicks"], row["attributed_orders"], row["attributed_revenue"])
             for row in body["rows"]] == [("campaign", 1, 1, 1, 30.0)]
+
+
+def test_served_batches_and_older_single_records_are_stored_once(recommend_app):
+    from services.pipeline.feedback import drain, ensure_group
+    from services.recommend.feedback import ServedContext, ServedLog, served_record
+
+    config = {**recommend_app.config, "FEEDBACK_CLAIM_IDLE_SECONDS": 0}
+    key = stream_key(SERVED_STREAM)
+    # A log of the test's own, whose flusher never fires during the test: three answers make one entry.
+    served = ServedLog()
+    served.configure(3, 3600, 1000)
+    for index in range(3):
+        served.append(served_record({"recommendation_id": f"batch-{index}", "model_version": "m1"}, "for_you",
+                                    ServedContext(customer_id=f"c{index}", variant="popular", experiment_id="e1")))
+    [(batch_id, batch_fields)] = redis_store.client.xrange(key)
+    assert set(batch_fields) == {b"served_batch"}
+    # An entry a worker from before the batched form wrote during an upgrade: one record, field "served".
+    older = served_record({"recommendation_id": "older-1", "model_version": "m0"}, "cart", ServedContext())
+    redis_store.client.xadd(key, {"served": older})
+
+    # A consumer read the batch and died before acknowledging it; the drain takes it over with XAUTOCLAIM.
+    ensure_group(redis_store.client, key)
+    read = redis_store.client.xreadgroup(CONSUMER_GROUP, "consumer-that-died", {key: ">"}, count=1)
+    assert [entry_id for entry_id, _fields in read[0][1]] == [batch_id]
+    counts = drain(config, consumer="alive")["served"]
+    assert counts == {"rows": 4, "entries": 2, "reclaimed": 1}
+    assert redis_store.client.xlen(key) == 0
+    assert redis_store.client.xpending(key, CONSUMER_GROUP)["pending"] == 0
+
+    # The same batch delivered again stores nothing twice.
+    redis_store.client.xadd(key, batch_fields)
+    assert drain(config, consumer="alive")["served"]["rows"] == 3
+    with db.session() as session:
+        rows = session.execute(select(ServedRecommendation.recommendation_id, ServedRecommendation.surface,
+                                      ServedRecommendation.variant, ServedRecommendation.customer_id)).all()
+    assert sorted(map(tuple, rows)) == [("batch-0", "for_you", "popular", "c0"), ("batch-1", "for_you", "popular", "c1"),
+                                        ("batch-2", "for_you", "popular", "c2"), ("older-1", "cart", "current", None)]

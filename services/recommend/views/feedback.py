@@ -10,13 +10,14 @@ from prometheus_client import Counter
 from services.recommend.feedback import FeedbackBacklog, FeedbackWriter, StreamFull
 from services.recommend.online_metrics import online_metrics
 from services.recommend.schemas import FeedbackBatchSchema, FeedbackResultSchema, MetricsArgsSchema, MetricsSchema
-from shared.web import json_response, record_id, require_scope
+from shared.web import LabelledChildren, json_response, record_id, require_scope
 
 blp = Blueprint("feedback", __name__, url_prefix="/v1", description="Storefront feedback and online metrics")
 writer = FeedbackWriter()
 
 FEEDBACK_EVENTS = Counter("segrec_feedback_events_total", "Feedback events accepted into the stream, by type",
                           ["type"])
+FEEDBACK_EVENTS_BY_TYPE = LabelledChildren(FEEDBACK_EVENTS)
 FEEDBACK_REJECTED = Counter("segrec_feedback_events_rejected_total", "Feedback events rejected per record")
 FEEDBACK_REFUSED = Counter("segrec_feedback_batches_refused_total",
                            "Feedback batches refused with 503 because the stream was at its bound")
@@ -42,7 +43,7 @@ class Feedback(MethodView):
             for event in events:
                 by_type[event["type"]] = by_type.get(event["type"], 0) + 1
             for kind, count in by_type.items():
-                FEEDBACK_EVENTS.labels(kind).inc(count)
+                FEEDBACK_EVENTS_BY_TYPE(kind).inc(count)
         if rejected:
             FEEDBACK_REJECTED.inc(len(rejected))
         return json_response({"accepted": len(events), "rejected": rejected}, status=202)

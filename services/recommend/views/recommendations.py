@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from prometheus_client import Counter
 
 from services.recommend.schemas import (
@@ -21,21 +20,30 @@ from services.recommend.feedback import ServedContext, served_log, served_record
 from services.recommend.model_families import CANDIDATE_FAMILIES
 from services.recommend.serving import Recommender, Request
 from services.recommend.store import reader
-from shared.web import FALLBACKS, RECOMMENDATIONS, json_response, require_scope
+from shared.web import (
+    FALLBACKS_BY_KIND,
+    RECOMMENDATIONS_BY_KIND,
+    LabelledChildren,
+    PlainQueryBlueprint,
+    json_response,
+    require_scope,
+)
 
-blp = Blueprint("recommendations", __name__, url_prefix="/v1", description="Recommendations for the storefront")
+blp = PlainQueryBlueprint("recommendations", __name__, url_prefix="/v1",
+                          description="Recommendations for the storefront")
 recommender = Recommender(reader)
 experiments = RunningExperiments()
 
 SERVED = Counter("segrec_recommendations_served_total", "Recommendation answers served, by surface and variant",
                  ["surface", "variant"])
+SERVED_BY_SURFACE = LabelledChildren(SERVED)
 
 
 def answered(kind: str, answer: dict):
     """Count the answer (and the fallback it used, if any) for the fallback rate, then send it."""
-    RECOMMENDATIONS.labels(kind).inc()
+    RECOMMENDATIONS_BY_KIND(kind).inc()
     if answer.get("fallback"):
-        FALLBACKS.labels(answer["fallback"]).inc()
+        FALLBACKS_BY_KIND(answer["fallback"]).inc()
     return json_response(answer)
 
 
@@ -64,7 +72,7 @@ def _served(answer: dict, surface: str, context: ServedContext):
     served_log.configure(config["SERVED_LOG_BATCH"], config["SERVED_LOG_FLUSH_SECONDS"],
                          config["SERVED_STREAM_MAX_LENGTH"])
     served_log.append(served_record(answer, surface, context))
-    SERVED.labels(surface, context.variant).inc()
+    SERVED_BY_SURFACE(surface, context.variant).inc()
     return answered(surface, answer)
 
 
