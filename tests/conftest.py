@@ -164,6 +164,18 @@ def make_key(database_url):
 
 
 @pytest.fixture
+def admin(make_key) -> dict:
+    """The Authorization header of an admin key."""
+    return make_key("admin")
+
+
+@pytest.fixture
+def storefront(make_key) -> dict:
+    """The Authorization header of a storefront key (recs:read)."""
+    return make_key("recs:read")
+
+
+@pytest.fixture
 def shop(segmentation_app):
     """The small factory shop (a quarter of it dormant), scored and published with a recommendation model."""
     from services.pipeline.retrain import retrain_now

@@ -34,16 +34,6 @@ def client(recommend_app, shop):
     return recommend_app.test_client()
 
 
-@pytest.fixture
-def admin(make_key):
-    return make_key("admin")
-
-
-@pytest.fixture
-def storefront(make_key):
-    return make_key("recs:read")
-
-
 def create(client, admin, surface="bought_together", variants=VARIANTS):
     moment = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
     body = {"name": "cosine vs chosen", "surface": surface, "variants": variants,

@@ -22,11 +22,6 @@ def client(recommend_app, shop):
     return recommend_app.test_client()
 
 
-@pytest.fixture
-def admin(make_key):
-    return make_key("admin")
-
-
 def now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
 

@@ -15,11 +15,6 @@ def client(recommend_app, shop):
     return recommend_app.test_client()
 
 
-@pytest.fixture
-def storefront(make_key):
-    return make_key("recs:read")
-
-
 def skus(items):
     return [item["sku"] for item in items]
 

@@ -249,11 +249,6 @@ def make_app(app_config, settings):
     return make
 
 
-@pytest.fixture
-def admin(make_key) -> dict:
-    return make_key("admin")
-
-
 def start_run(client, admin) -> str:
     """POST /v1/runs: a new run (202) whose id is returned."""
     response = client.post("/v1/runs", headers=admin)
