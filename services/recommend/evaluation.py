@@ -49,24 +49,52 @@ def time_ordered_split(basket_times, train_fraction=0.8):
     return order[:n_train], order[n_train:]
 
 
+def basket_rows(baskets, basket_indices) -> sp.csr_matrix:
+    """The given baskets (rows, in the given order) with each row's distinct items in ascending order."""
+    baskets = sp.csr_matrix(baskets)
+    rows = np.asarray(basket_indices, dtype=np.int64).reshape(-1)
+    # Row indexing copies, so canonicalising the copy never touches the caller's matrix.
+    selected = sp.csr_matrix(baskets[rows], copy=True)
+    selected.has_canonical_format = False
+    selected.sum_duplicates()
+    return selected
+
+
 def leave_one_out_cases(baskets, basket_indices, seed=42, min_items=2) -> list:
     """One CartTestCase per basket (in the given order) that holds >= min_items distinct items."""
     if not sp.issparse(baskets):
         raise InvalidEvaluationInputError("baskets must be a scipy.sparse matrix")
     if min_items < 2:
         raise InvalidEvaluationInputError("min_items must be >= 2 so a cart is left")
-    baskets = sp.csr_matrix(baskets)
-    rng = np.random.default_rng(seed)
-    cases = []
-    for basket_index in np.asarray(basket_indices):
-        row = baskets.indices[baskets.indptr[basket_index]:baskets.indptr[basket_index + 1]]
-        distinct_items = np.unique(row)
-        if distinct_items.size < min_items:
-            continue
-        hidden_item = int(rng.choice(distinct_items))
-        cart_items = distinct_items[distinct_items != hidden_item]
-        cases.append(CartTestCase(cart_items, hidden_item, int(basket_index)))
-    return cases
+    basket_indices = np.asarray(basket_indices).reshape(-1)
+    rows = basket_rows(baskets, basket_indices)
+    lengths = np.diff(rows.indptr)
+    eligible = np.flatnonzero(lengths >= min_items)
+    if eligible.size == 0:
+        return []
+    # One draw per eligible basket in order: integers(0, sizes) consumes the generator exactly as a
+    # loop of rng.choice(items) does (tests/unit/test_evaluation.py checks it against that loop).
+    hidden_entries = rows.indptr[eligible] + np.random.default_rng(seed).integers(0, lengths[eligible])
+    return cases_from_entries(rows, eligible, hidden_entries, basket_indices)
+
+
+def cases_from_entries(rows: sp.csr_matrix, cart_rows, hidden_entries, basket_indices) -> list:
+    """CartTestCases hiding entry hidden_entries[k] of row cart_rows[k] of rows (basket_rows' output)."""
+    cart_rows = np.asarray(cart_rows, dtype=np.int64)
+    hidden_entries = np.asarray(hidden_entries, dtype=np.int64)
+    starts, stops = rows.indptr[cart_rows], rows.indptr[cart_rows + 1]
+    # Each cart is its row without the hidden entry: one gather of every cart's entries, then slices.
+    lengths = stops - starts - 1
+    cart_starts = np.concatenate([[0], np.cumsum(lengths)])
+    offsets = np.arange(cart_starts[-1]) - np.repeat(cart_starts[:-1], lengths)
+    entries = np.repeat(starts, lengths) + offsets
+    entries += entries >= np.repeat(hidden_entries, lengths)
+    cart_items = rows.indices[entries]
+    hidden_items = rows.indices[hidden_entries].tolist()
+    baskets = np.asarray(basket_indices)[cart_rows].tolist()
+    bounds = cart_starts.tolist()
+    return [CartTestCase(cart_items[bounds[k]:bounds[k + 1]], int(hidden_items[k]), int(baskets[k]))
+            for k in range(cart_rows.size)]
 
 
 def hit_rate_at_k(recommended_lists, hidden_items, k=10) -> float:

@@ -38,7 +38,7 @@ from services.recommend.candidates import (
     candidate_spec,
     default_candidate,
 )
-from services.recommend.evaluation import CartTestCase, time_ordered_split
+from services.recommend.evaluation import basket_rows, cases_from_entries, time_ordered_split
 
 K = 10
 
@@ -116,18 +116,16 @@ def sampled_cases(baskets, basket_indices, max_cases: int, seed: int = 42) -> li
     Each item of a validation basket is hidden once (not one random item per basket): more cases
     from the same baskets make the comparison of close candidates less noisy.
     """
-    baskets = sp.csr_matrix(baskets)
-    cases = []
-    for basket_index in np.asarray(basket_indices):
-        items = np.unique(baskets.indices[baskets.indptr[basket_index]:baskets.indptr[basket_index + 1]])
-        if items.size < 2:
-            continue
-        for hidden in items:
-            cases.append(CartTestCase(items[items != hidden], int(hidden), int(basket_index)))
-    if len(cases) > max_cases:
-        picks = np.sort(np.random.default_rng(seed).choice(len(cases), max_cases, replace=False))
-        cases = [cases[index] for index in picks]
-    return cases
+    basket_indices = np.asarray(basket_indices).reshape(-1)
+    rows = basket_rows(baskets, basket_indices)
+    lengths = np.diff(rows.indptr)
+    # Case k hides the k-th entry of the baskets with 2+ items, in basket order then item order.
+    entry_rows = np.repeat(np.arange(lengths.size), lengths)
+    case_entries = np.flatnonzero(lengths[entry_rows] >= 2)
+    if case_entries.size > max_cases:
+        case_entries = case_entries[np.sort(np.random.default_rng(seed).choice(case_entries.size, max_cases,
+                                                                               replace=False))]
+    return cases_from_entries(rows, entry_rows[case_entries], case_entries, basket_indices)
 
 
 def cases_as_matrix(cases, n_items: int) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -139,24 +137,44 @@ def cases_as_matrix(cases, n_items: int) -> tuple[sp.csr_matrix, np.ndarray]:
     return carts, np.array([case.hidden_item for case in cases], dtype=np.int64)
 
 
+def unique_of_sorted_runs(first_run: np.ndarray, second_run: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(concatenated runs, return_inverse=True) of two ascending int64 runs, in linear time.
+
+    A stable sort of two concatenated sorted runs is one merge (timsort), where np.unique sorts afresh.
+    """
+    all_keys = np.concatenate([first_run, second_run])
+    order = np.argsort(all_keys, kind="stable")
+    sorted_keys = all_keys[order]
+    first = np.ones(sorted_keys.size, dtype=bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    inverse = np.empty(all_keys.size, dtype=np.int64)
+    inverse[order] = np.cumsum(first) - 1
+    return sorted_keys[first], inverse
+
+
 class CandidateTable:
     """A fitted candidate's cart candidates for many cases, ready to rank the hidden items per beta."""
 
     def __init__(self, model, carts: sp.csr_matrix, hidden: np.ndarray) -> None:
         n_cases, n_items = carts.shape
-        evidence = model.cart_evidence(carts).tocoo()
-        n_popular = model.popular_items_.size
-        rows = np.concatenate([evidence.row, np.repeat(np.arange(n_cases), n_popular)]).astype(np.int64)
-        cols = np.concatenate([evidence.col, np.tile(model.popular_items_, n_cases)]).astype(np.int64)
-        keys, inverse = np.unique(rows * n_items + cols, return_inverse=True)
-        self.evidence = np.bincount(inverse, weights=np.concatenate([evidence.data, np.zeros(n_cases * n_popular)]),
-                                    minlength=keys.size)
-        self.popular = np.bincount(inverse, weights=np.concatenate([np.zeros(evidence.nnz),
-                                                                    np.tile(model.popular_scores_, n_cases)]),
-                                   minlength=keys.size)
+        evidence = sp.csr_matrix(model.cart_evidence(carts), copy=True)
+        evidence.sum_duplicates()
+        evidence_keys = (np.repeat(np.arange(n_cases, dtype=np.int64), np.diff(evidence.indptr)) * n_items
+                         + evidence.indices)
+        by_item = np.argsort(model.popular_items_, kind="stable")
+        popular_items = model.popular_items_[by_item].astype(np.int64)
+        popular_keys = (np.arange(n_cases, dtype=np.int64)[:, None] * n_items + popular_items).ravel()
+        keys, inverse = unique_of_sorted_runs(evidence_keys, popular_keys)
+        self.evidence = np.zeros(keys.size)
+        self.evidence[inverse[:evidence.nnz]] = evidence.data
+        self.popular = np.zeros(keys.size)
+        self.popular[inverse[evidence.nnz:]] = np.tile(model.popular_scores_[by_item], n_cases)
         cart = sp.coo_matrix(carts)
         cart_keys = cart.row.astype(np.int64) * n_items + cart.col
-        in_cart = np.isin(keys, cart_keys)
+        cart_positions = np.minimum(np.searchsorted(keys, cart_keys), max(keys.size - 1, 0))
+        in_cart = np.zeros(keys.size, dtype=bool)
+        if keys.size:
+            in_cart[cart_positions[keys[cart_positions] == cart_keys]] = True
         self.rows = keys // n_items
         self.cols = keys % n_items
         self.keep = ~in_cart
@@ -232,8 +250,11 @@ def select_model(baskets, basket_times, settings: SelectionSettings | None = Non
     if len(cases) < settings.min_cases:
         return _keep_default(report, f"{len(cases)} validation cases, fewer than the {settings.min_cases} "
                                      "a comparison needs")
-    scored, best_fits = _score_candidates(matrix[fit_idx], times[fit_idx], cases, settings, report)
-    scored += _blend_rows(matrix[fit_idx], times[fit_idx], cases, settings, best_fits, report)
+    # One copy of the fit part for every candidate and the blends; the whole window's is not needed again.
+    fit_matrix, fit_times = matrix[fit_idx], times[fit_idx]
+    del matrix
+    scored, best_fits = _score_candidates(fit_matrix, fit_times, cases, settings, report)
+    scored += _blend_rows(fit_matrix, fit_times, cases, settings, best_fits, report)
     default = scored[0]
     best = _best_eligible(scored, len(cases), settings, report)
     # The binomial standard error of the best HR@10, not the paired one of the per-case difference: the

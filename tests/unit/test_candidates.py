@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from sklearn.base import clone
 
 from services.recommend import evaluation
 from services.recommend.candidates import (
@@ -12,10 +13,12 @@ from services.recommend.candidates import (
     EASECandidate,
     ImplicitKNNCandidate,
     EASEShared,
+    PRIOR_ATTRIBUTES,
     InvalidCandidateInputError,
     candidate_spec,
     dense_prune_rows,
     ease_weights,
+    mirror_lower_triangle,
     pair_counts,
     prune_rows,
 )
@@ -168,3 +171,23 @@ def test_an_l2_grid_on_shared_gram_gives_the_fits_of_their_own():
         np.testing.assert_allclose(grid.scores_.toarray(), alone.scores_.toarray())
     dense = np.array([[0.0, 2.0, 1.0, 1.0, -1.0], [3.0, 0.0, 0.0, 0.0, 0.0]])
     np.testing.assert_array_equal(dense_prune_rows(dense, 2).toarray(), prune_rows(sp.csr_matrix(dense), 2).toarray())
+
+
+@pytest.mark.parametrize("size", [1, 255, 256, 600])
+def test_mirror_lower_triangle_makes_the_matrix_symmetric_from_its_lower_half(size):
+    square = np.random.default_rng(size).random((size, size), dtype=np.float32)
+    expected = np.tril(square) + np.tril(square, -1).T
+    mirror_lower_triangle(square)
+    np.testing.assert_array_equal(square, expected)
+
+
+def test_a_blend_fitted_from_members_learns_the_prior_it_would_fit_itself():
+    data = evaluation.synthetic_dense_accessories(n_baskets=800)
+    members = [CoPurchaseCandidate(beta=0.0).fit(data["baskets"], data["times"]),
+               EASECandidate(l2_ratio=0.3).fit(data["baskets"], data["times"])]
+    blend = BlendCandidate(members=[candidate_spec(member) for member in members], weights=[0.5, 0.5], beta=0.3)
+    reused = clone(blend).fit_members(members, data["baskets"], data["times"])
+    refitted = clone(blend).fit(data["baskets"], data["times"])
+    for name in PRIOR_ATTRIBUTES + ("popularity_weight_", "scale_"):
+        np.testing.assert_array_equal(getattr(reused, name), getattr(refitted, name))
+    assert (reused.scores_ != refitted.scores_).nnz == 0

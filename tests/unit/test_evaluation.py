@@ -50,3 +50,31 @@ def test_recommender_returning_cart_items_is_rejected():
     _, _, cases = evaluation.split_and_cases(data["baskets"], data["times"])
     with pytest.raises(InvalidEvaluationInputError):
         evaluation.evaluate_cart_recommender(lambda cart, k: cart, cases)
+
+
+def messy_baskets(seed):
+    """Random baskets with duplicate, unsorted entries in some rows (as raw order lines give)."""
+    rng = np.random.default_rng(seed)
+    n_baskets, n_items = 300, 40
+    rows = rng.integers(0, n_baskets, 1500)
+    cols = rng.integers(0, n_items, 1500)
+    order = rng.permutation(rows.size)
+    coo = sp.coo_matrix((np.ones(rows.size), (rows[order], cols[order])), shape=(n_baskets, n_items))
+    return sp.csr_matrix((coo.data, (coo.row, coo.col)), shape=coo.shape)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_leave_one_out_draws_exactly_as_a_per_basket_rng_choice_loop(seed):
+    """The vectorised draw must give the cases of the documented protocol, draw for draw."""
+    baskets = messy_baskets(seed)
+    order = np.random.default_rng(seed).permutation(baskets.shape[0])[:250]
+    rng = np.random.default_rng(seed + 42)
+    expected = []
+    for basket in order:
+        items = np.unique(baskets.indices[baskets.indptr[basket]:baskets.indptr[basket + 1]])
+        if items.size >= 2:
+            hidden = int(rng.choice(items))
+            expected.append((int(basket), hidden, items[items != hidden].tolist()))
+    cases = evaluation.leave_one_out_cases(baskets, order, seed=seed + 42)
+    assert [(case.basket_index, case.hidden_item, case.cart_items.tolist()) for case in cases] == expected
+    assert len(expected) > 100

@@ -13,6 +13,7 @@ from services.recommend.selection import (
     candidate_from_row,
     evaluate_fitted,
     sampled_cases,
+    unique_of_sorted_runs,
     select_model,
     validation_split,
 )
@@ -178,3 +179,33 @@ def test_a_blend_no_better_than_its_best_member_is_not_chosen():
     assert report["chosen"]["name"] != "blend" and report["blend"]["kept"] is False
     assert report["blend"]["why"].startswith("the best blend (HR@10 ")
     assert blend_grid(2, (0.5,)) == [[0.5, 0.5]]
+
+
+@pytest.mark.parametrize("max_cases", [50, 10_000])
+def test_sampled_cases_match_the_per_item_loop_they_replace(max_cases):
+    """Every (basket, item) case in basket then item order, the seeded sample drawn over that list."""
+    rng = np.random.default_rng(3)
+    rows = [rng.choice(30, size=rng.integers(1, 6)) for _ in range(200)]  # duplicates inside rows too
+    indptr = np.concatenate([[0], np.cumsum([len(row) for row in rows])])
+    baskets = sp.csr_matrix((np.ones(indptr[-1]), np.concatenate(rows), indptr), shape=(200, 30))
+    indices = rng.permutation(200)[:150]
+    expected = []
+    for basket in indices:
+        items = np.unique(rows[basket])
+        if items.size >= 2:
+            expected += [(int(basket), int(hidden), items[items != hidden].tolist()) for hidden in items]
+    if len(expected) > max_cases:
+        picks = np.sort(np.random.default_rng(42).choice(len(expected), max_cases, replace=False))
+        expected = [expected[pick] for pick in picks]
+    cases = sampled_cases(baskets, indices, max_cases=max_cases, seed=42)
+    assert [(case.basket_index, case.hidden_item, case.cart_items.tolist()) for case in cases] == expected
+
+
+def test_unique_of_sorted_runs_is_np_unique():
+    rng = np.random.default_rng(5)
+    first = np.sort(rng.choice(1000, 300, replace=False)).astype(np.int64)
+    second = np.sort(rng.choice(1000, 200, replace=False)).astype(np.int64)
+    keys, inverse = unique_of_sorted_runs(first, second)
+    expected_keys, expected_inverse = np.unique(np.concatenate([first, second]), return_inverse=True)
+    np.testing.assert_array_equal(keys, expected_keys)
+    np.testing.assert_array_equal(inverse, expected_inverse)
