@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import time
 import uuid
 from datetime import datetime
@@ -130,6 +132,15 @@ def update_run(run_id: str, **values) -> None:
         session.execute(update(Run).where(Run.run_id == run_id).values(**values))
 
 
+def merge_metrics(run_id: str, values: dict) -> None:
+    """Add top-level entries to a run's metrics under its row lock (steps of one run may run at once)."""
+    with db.session() as session:
+        run = _locked_run(session, run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id}", {"run_id": [run_id]})
+        run.metrics = {**(run.metrics or {}), **values}
+
+
 def record_step(run_id: str, name: str, status: str, seconds: float | None, rows: int | None = None,
                 detail: dict | None = None, started_at: datetime | None = None) -> None:
     """Append (or replace, on a retried step) one step's status, timing and row count."""
@@ -138,9 +149,13 @@ def record_step(run_id: str, name: str, status: str, seconds: float | None, rows
 
 def with_step(steps: list[dict], name: str, status: str, seconds: float | None, rows: int | None = None,
               detail: dict | None = None, started_at: datetime | None = None) -> list[dict]:
-    """The steps list with one step set (replacing an earlier record of it, whose start it keeps)."""
+    """The steps list with one step set (replacing an earlier record of it, whose start and place it keeps).
+
+    Steps stay in the order they started, also where they overlap (train_models beside the scoring shards).
+    """
     now = utcnow()
-    earlier = next((step for step in steps if step["name"] == name), {})
+    position = next((index for index, step in enumerate(steps) if step["name"] == name), len(steps))
+    earlier = steps[position] if position < len(steps) else {}
     step = {"name": name, "status": status, "seconds": None if seconds is None else round(seconds, 3),
             "rows": rows,
             "started_at": (started_at.isoformat() if started_at else earlier.get("started_at", now.isoformat())),
@@ -149,7 +164,7 @@ def with_step(steps: list[dict], name: str, status: str, seconds: float | None, 
         step["finished_at"] = now.isoformat()
     if detail:
         step["detail"] = detail
-    return [other for other in steps if other["name"] != name] + [step]
+    return steps[:position] + [step] + steps[position + 1:]
 
 
 def start_step(run_id: str, name: str, detail: dict | None = None) -> None:
@@ -214,7 +229,8 @@ def timed_step(run_id: str, name: str):
     """Time a step and record it; the body may set `info['rows']` and `info['detail']`."""
     info: dict = {"rows": None, "detail": None}
     started = time.perf_counter()
-    start_step(run_id, name)
+    # Which process runs it, while it runs (steps of one run may run at once on several workers).
+    start_step(run_id, name, {"process": f"{socket.gethostname()}:{os.getpid()}"})
     log.info("step started", extra={"run_id": run_id, "step": name})
     try:
         yield info

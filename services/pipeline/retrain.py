@@ -167,7 +167,7 @@ def step_fit(run_id: str, config: dict) -> dict:
         log.warning("customers quarantined", extra={"run_id": run_id, "reasons": quarantined["reasons"]})
     # Shards quarantine the same customers with the same earliest date (they read it back from here).
     quarantined["min_date"] = min_date.isoformat()
-    merge_run_metrics(run_id, {"customer_models": summary, "quarantine": quarantined})
+    runs.merge_metrics(run_id, {"customer_models": summary, "quarantine": quarantined})
     return summary
 
 
@@ -220,7 +220,7 @@ def step_train_models(run_id: str, config: dict) -> dict:
     if lines_quarantined and lines_quarantined["count"]:
         log.warning("order lines quarantined", extra={"run_id": run_id, "reasons": lines_quarantined["reasons"]})
     quarantine = merge_reports((runs.get_run(run_id).metrics or {}).get("quarantine"), lines_quarantined)
-    merge_run_metrics(run_id, {"recommendations": metrics, "quarantine": quarantine,
+    runs.merge_metrics(run_id, {"recommendations": metrics, "quarantine": quarantine,
                                 "model_selection": metrics.pop("model_selection", None)})
     return metrics
 
@@ -282,7 +282,7 @@ def finish_for_you(run_id: str, shard_count: int) -> int:
     rows = sum(step["rows"] or 0 for step in shard_steps if step["status"] == "succeeded")
     close_fan_out(run_id, FOR_YOU_STEP, rows, shard_count)
     metrics = dict(runs.get_run(run_id).metrics or {})
-    merge_run_metrics(run_id, {"recommendations": {**metrics.get("recommendations", {}), "customers": rows}})
+    runs.merge_metrics(run_id, {"recommendations": {**metrics.get("recommendations", {}), "customers": rows}})
     return rows
 
 
@@ -292,13 +292,6 @@ def step_train_for_you_all(run_id: str, config: dict, shards: list[tuple[str | N
     for index, (low, high) in enumerate(shards):
         step_train_for_you_shard(run_id, config, index, low, high)
     return finish_for_you(run_id, len(shards))
-
-
-def merge_run_metrics(run_id: str, values: dict) -> None:
-    """Add top-level entries to a run's metrics (steps hand their results on through the run record)."""
-    metrics = dict(runs.get_run(run_id).metrics or {})
-    metrics.update(values)
-    runs.update_run(run_id, metrics=metrics)
 
 
 def segment_metrics(run_id: str) -> dict:

@@ -1,9 +1,10 @@
 """Celery tasks of the retrain workflow: thin wrappers that pass run ids and call services/pipeline/retrain.py.
 
-prepare (snapshot + fit) -> chord(score_shard per customer-id range) -> finish_scoring
--> train_models -> chord(train_for_you_shard per customer-id range) -> finish_for_you -> publish, with
-mark_failed as the error callback of every task (Celery
-carries link_error through `replace` into the chord's header and body).
+prepare (snapshot + fit) -> chord(train_models, score_shard per customer-id range) -> finish_scoring
+-> fan_out_for_you -> chord(train_for_you_shard per customer-id range) -> finish_for_you -> publish, with
+mark_failed as the error callback of every task (Celery carries link_error through `replace` into the
+chord's header and body). train_models reads the published run's tiers, never this run's scores, so it
+runs beside the scoring shards: with two or more worker processes the longest serial step overlaps them.
 
 Every task is idempotent (it rewrites what it owns under the run id, and does nothing once the run
 has ended) and declared with `segrec_task`: it acks late so a task whose worker process dies is
@@ -51,7 +52,7 @@ def launch_workflow(run_id: str) -> None:
 
 @segrec_task("segrec.retrain.prepare")
 def prepare(self, run_id: str):
-    """Snapshot and fit on everyone, then fan out one scoring task per customer-id shard."""
+    """Snapshot and fit on everyone, then fan out the model training and one scoring task per customer-id shard."""
     config = segrec_config()
     if not retrain.still_running(run_id, config):
         return None
@@ -59,10 +60,10 @@ def prepare(self, run_id: str):
     retrain.step_fit(run_id, config)
     # The score step is recorded as running from here; finish_scoring closes it with the wall time.
     runs.start_step(run_id, retrain.SCORE_STEP, {"shards": len(shards)})
-    rest = chain(finish_scoring.si(run_id, len(shards)), train_models.si(run_id))
-    if not shards:
-        return self.replace(rest)
-    return self.replace(chord(group(score_shard.si(run_id, low, high) for low, high in shards), rest))
+    # First in the group, so a free worker process takes the longest task first.
+    header = [train_models.si(run_id)] + [score_shard.si(run_id, low, high) for low, high in shards]
+    return self.replace(chord(group(header), chain(finish_scoring.si(run_id, len(shards)),
+                                                   fan_out_for_you.si(run_id))))
 
 
 @segrec_task("segrec.retrain.score_shard")
@@ -82,8 +83,17 @@ def finish_scoring(self, run_id: str, shard_count: int) -> int | None:
 
 
 @segrec_task("segrec.retrain.train_models")
-def train_models(self, run_id: str):
-    """Train the models and stage the shared lists, then fan out one for-you task per customer-id shard.
+def train_models(self, run_id: str) -> int | None:
+    """Train the models and stage the shared lists and for-you inputs under the run's version; returns lines."""
+    config = segrec_config()
+    if not retrain.still_running(run_id, config):
+        return None
+    return retrain.step_train_models(run_id, config).get("order_lines")
+
+
+@segrec_task("segrec.retrain.fan_out_for_you")
+def fan_out_for_you(self, run_id: str):
+    """Fan out one for-you task per customer-id shard, then publish.
 
     The shards read the run's neighbour lists and priors from Redis (by the run id), never from the
     task message, and write their customers' lists under the run's version.
@@ -91,7 +101,6 @@ def train_models(self, run_id: str):
     config = segrec_config()
     if not retrain.still_running(run_id, config):
         return None
-    retrain.step_train_models(run_id, config)
     shards = retrain.training_shards(config)
     # The fan-out is recorded as running from here; finish_for_you closes it with the wall time.
     runs.start_step(run_id, retrain.FOR_YOU_STEP, {"shards": len(shards)})

@@ -97,13 +97,6 @@ class Workers:
         except psutil.NoSuchProcess:
             return []
 
-    def busiest_pool_process(self, sample_seconds: float = 0.3) -> psutil.Process:
-        """The pool process using the most CPU right now (the one running a task)."""
-        processes = self.pool_processes()
-        before = {process.pid: sum(process.cpu_times()[:2]) for process in processes}
-        time.sleep(sample_seconds)
-        return max(processes, key=lambda process: sum(process.cpu_times()[:2]) - before[process.pid])
-
     def kill(self) -> None:
         """SIGKILL the worker and its pool at once: no warm shutdown, nothing acknowledged."""
         for process in [*self.pool_processes(), psutil.Process(self.process.pid)]:
@@ -287,6 +280,12 @@ def wait_for_step(run_id: str, name: str, statuses=("running",), timeout: float 
     raise AssertionError(f"step {name} of run {run_id} was not {statuses} within {timeout} s")
 
 
+def step_process(run_id: str, name: str) -> psutil.Process:
+    """The process a running step recorded as running it (detail "process": host:pid)."""
+    step = next(step for step in runs.get_run(run_id).steps if step["name"] == name)
+    return psutil.Process(int(step["detail"]["process"].rsplit(":", 1)[1]))
+
+
 def wait_for_log(workers: Workers, matches, timeout: float = 10) -> dict:
     """The first JSON log record of the worker that `matches` (log lines may follow the database write)."""
     deadline = time.monotonic() + timeout
@@ -417,7 +416,9 @@ def test_killed_pool_process_mid_run_resumes_or_fails_and_the_next_run_publishes
 
     run_id = start_run(client, admin)
     wait_for_step(run_id, "train_models")
-    victim = workers.busiest_pool_process()
+    # train_models runs beside the scoring shards: kill the process its step says runs it.
+    victim = step_process(run_id, "train_models")
+    assert victim in workers.pool_processes()
     victim.send_signal(signal.SIGKILL)
 
     run = wait_for_run(run_id, workers)
