@@ -142,13 +142,16 @@ def merge_metrics(run_id: str, values: dict) -> None:
 
 
 def record_step(run_id: str, name: str, status: str, seconds: float | None, rows: int | None = None,
-                detail: dict | None = None, started_at: datetime | None = None) -> None:
+                detail: dict | None = None, started_at: datetime | None = None,
+                finished_at: datetime | None = None) -> None:
     """Append (or replace, on a retried step) one step's status, timing and row count."""
-    _change_steps(run_id, lambda steps: with_step(steps, name, status, seconds, rows, detail, started_at))
+    _change_steps(run_id, lambda steps: with_step(steps, name, status, seconds, rows, detail, started_at,
+                                                  finished_at))
 
 
 def with_step(steps: list[dict], name: str, status: str, seconds: float | None, rows: int | None = None,
-              detail: dict | None = None, started_at: datetime | None = None) -> list[dict]:
+              detail: dict | None = None, started_at: datetime | None = None,
+              finished_at: datetime | None = None) -> list[dict]:
     """The steps list with one step set (replacing an earlier record of it, whose start and place it keeps).
 
     Steps stay in the order they started, also where they overlap (train_models beside the scoring shards).
@@ -161,7 +164,7 @@ def with_step(steps: list[dict], name: str, status: str, seconds: float | None, 
             "started_at": (started_at.isoformat() if started_at else earlier.get("started_at", now.isoformat())),
             "updated_at": now.isoformat()}
     if status != "running":
-        step["finished_at"] = now.isoformat()
+        step["finished_at"] = (finished_at or now).isoformat()
     if detail:
         step["detail"] = detail
     return steps[:position] + [step] + steps[position + 1:]
@@ -212,6 +215,14 @@ def step_started_at(run: Run, name: str) -> datetime | None:
     for step in run.steps or []:
         if step["name"] == name and step.get("started_at"):
             return datetime.fromisoformat(step["started_at"])
+    return None
+
+
+def step_updated_at(run: Run, name: str) -> datetime | None:
+    """When a run's step last changed (for a fan-out, its last part's progress), from its record."""
+    for step in run.steps or []:
+        if step["name"] == name and step.get("updated_at"):
+            return datetime.fromisoformat(step["updated_at"])
     return None
 
 

@@ -307,16 +307,20 @@ def segment_metrics(run_id: str) -> dict:
 def finish_scoring(run_id: str, shard_count: int) -> int:
     """Close the fanned-out score step: its wall time from its recorded start, and the rows written."""
     rows = segment_metrics(run_id)["customers_scored"]
-    close_fan_out(run_id, SCORE_STEP, rows, shard_count)
+    # The scoring shards share their chord with train_models, which may end later: the step ends with its
+    # last shard's progress record.
+    last_shard = runs.step_updated_at(runs.get_run(run_id), SCORE_STEP) if shard_count else None
+    close_fan_out(run_id, SCORE_STEP, rows, shard_count, ended_at=last_shard)
     return rows
 
 
-def close_fan_out(run_id: str, step: str, rows: int, shard_count: int) -> None:
-    """Record a fanned-out step as succeeded, with the wall time since it was started and its rows."""
+def close_fan_out(run_id: str, step: str, rows: int, shard_count: int, ended_at: datetime | None = None) -> None:
+    """Record a fanned-out step as succeeded, with its wall time (from its start to `ended_at` or now) and rows."""
     run = runs.get_run(run_id)
     started_at = runs.step_started_at(run, step) or run.started_at or utcnow()
-    runs.record_step(run_id, step, "succeeded", (utcnow() - started_at).total_seconds(), rows,
-                     {"shards": shard_count}, started_at=started_at)
+    ended_at = ended_at or utcnow()
+    runs.record_step(run_id, step, "succeeded", (ended_at - started_at).total_seconds(), rows,
+                     {"shards": shard_count}, started_at=started_at, finished_at=ended_at)
     log.info("step finished", extra={"run_id": run_id, "step": step, "rows": rows})
 
 
