@@ -43,7 +43,7 @@ RUN_TIMEOUT = 60
 # Small shards so even a small shop fans out into several scoring tasks.
 SHARD_SIZE = 40
 DEMO_SHARD_SIZE = 250
-# The run's steps in order; the for-you shards (train_for_you_001 ...) finish in any order before train_for_you.
+# The run's steps in the order they started; the for-you shards (train_for_you_001 ...) follow train_for_you.
 STEP_NAMES = ["snapshot", "fit_customer_models", "score_customers", "train_models", "train_for_you", "publish"]
 SHARD_STEP = "train_for_you_"
 
