@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.base import clone
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from services.recommend.abc import abc_classes
 from services.recommend.bundles import BundleCatalogue, BundleOptions, BundlePricing, build_bundles
@@ -48,9 +48,9 @@ from services.recommend.store import (
 from shared.extensions import db, redis_store
 from shared.frames import id_range_condition, read_frame, write_frame
 from shared.limits import TimeRules
-from shared.models import RecommendationList
+from shared.models import RecommendationList, Run
 from shared.quarantine import quarantine_order_lines
-from shared.runs import PREVIOUS_RUN, current_run_id, get_pointer
+from shared.runs import ACTIVE_STATUSES, PREVIOUS_RUN, current_run_id, get_pointer
 
 log = logging.getLogger("segrec.recommend.training")
 
@@ -673,14 +673,54 @@ def warm_cache(version: str) -> None:
 
 
 def publish_version(version: str) -> None:
-    """Flip the pointer readers follow (Redis and the database copy) to `version`."""
+    """Flip the pointer readers follow (Redis and the database copy) to `version`; drop versions no one needs."""
     redis_store.client.set(redis_store.key(*VERSION_POINTER), version)
     set_database_version(version)
-    prune_database_versions(keep=(version,))
+    keep = versions_to_keep(version)
+    prune_database_versions(keep)
+    prune_redis_versions(keep)
 
 
-def prune_database_versions(keep: tuple[str, ...]) -> None:
-    """Drop database copies of versions that are neither current nor previous."""
-    keep_versions = set(keep) | {value for value in (get_pointer(PREVIOUS_RUN),) if value}
+def versions_to_keep(version: str) -> set[str]:
+    """The current version, the previous one (what a rollback returns to) and those of runs being staged."""
+    keep = {version}
+    previous = get_pointer(PREVIOUS_RUN)
+    if previous:
+        keep.add(previous)
     with db.session() as session:
-        session.execute(delete(RecommendationList).where(RecommendationList.model_version.notin_(keep_versions)))
+        keep.update(session.execute(select(Run.run_id).where(Run.status.in_(ACTIVE_STATUSES))).scalars())
+    return keep
+
+
+def prune_database_versions(keep: set[str]) -> None:
+    """Drop database copies of versions not in `keep`."""
+    with db.session() as session:
+        session.execute(delete(RecommendationList).where(RecommendationList.model_version.notin_(keep)))
+
+
+def prune_redis_versions(keep: set[str], batch: int = 1000) -> int:
+    """Unlink the Redis lists of versions not in `keep`; returns the keys removed.
+
+    Without this every nightly version stays until its keys expire (MODEL_TTL_SECONDS, 14 days): fifteen
+    versions of every customer's lists. Each version has one catalogue key, which names it.
+    """
+    client = redis_store.client
+    catalogue_keys = client.scan_iter(match=list_key("*", "catalogue"), count=batch)
+    versions = {_text(key)[len(redis_store.key("recs", "")):-len(":catalogue")] for key in catalogue_keys}
+    # A version id never holds ":" (a sku named "catalogue" would otherwise look like a version "v:nb").
+    versions = {version for version in versions if version and ":" not in version}
+    removed = 0
+    for version in sorted(versions - keep):
+        names = []
+        for key in client.scan_iter(match=list_key(version, "*"), count=batch):
+            names.append(key)
+            if len(names) >= batch:
+                removed += client.unlink(*names)
+                names = []
+        if names:
+            removed += client.unlink(*names)
+    return removed
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
