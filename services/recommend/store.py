@@ -78,18 +78,24 @@ class NeighbourSource:
         return [self.key_prefix + sku for sku in skus] if self.key_prefix else skus
 
     @classmethod
-    def from_variant_payload(cls, payload: bytes | str) -> NeighbourSource:
-        """Parse the JSON a candidate variant was staged with (training.variant_payload)."""
-        data = json.loads(payload)
+    def from_merge_inputs(cls, kind: str, key_prefix: str, data: dict) -> NeighbourSource:
+        """The source of a model's lists, from the merge inputs staged with them (training._merge_inputs)."""
+        popular = data["popular"]
         return cls(
-            kind=data["lists_kind"],
-            key_prefix=data["key_prefix"],
+            kind=kind,
+            key_prefix=key_prefix,
             informativeness=np.asarray(data["informativeness"], dtype=float),
-            popular_items=np.asarray([item for item, _ in data["popular"]], dtype=np.int64),
-            popular_scores=np.asarray([score for _, score in data["popular"]], dtype=float),
+            popular_items=np.asarray([item for item, _ in popular], dtype=np.int64),
+            popular_scores=np.asarray([score for _, score in popular], dtype=float),
             popularity_weight=float(data["popularity_weight"]),
             max_cart_items=int(data["max_cart_items"]),
         )
+
+    @classmethod
+    def from_variant_payload(cls, payload: bytes | str) -> NeighbourSource:
+        """Parse the JSON a candidate variant was staged with (training.variant_payload)."""
+        data = json.loads(payload)
+        return cls.from_merge_inputs(data["lists_kind"], data["key_prefix"], data)
 
 
 # Per-customer lists are many (one per customer), so they are packed, not JSON: a header of
@@ -199,7 +205,8 @@ class Catalogue:
     def from_payload(cls, version: str, payload: bytes | str) -> Catalogue:
         """Parse the JSON training wrote."""
         data = json.loads(payload)
-        popular = data["popular"]
+        # The chosen model's lists and cart merge inputs, read the way a candidate variant's are.
+        lists = NeighbourSource.from_merge_inputs("nb", "", data)
         catalogue = cls(
             version=version,
             skus=data["skus"],
@@ -212,13 +219,14 @@ class Catalogue:
             repeat_purchase=np.asarray(data["repeat_purchase"], dtype=bool),
             abc=data["abc"],
             orders=np.asarray(data["orders"], dtype=np.int64),
-            informativeness=np.asarray(data["informativeness"], dtype=float),
-            popularity_weight=float(data["popularity_weight"]),
-            max_cart_items=int(data["max_cart_items"]),
-            popular_items=np.asarray([item for item, _ in popular], dtype=np.int64),
-            popular_scores=np.asarray([score for _, score in popular], dtype=float),
+            informativeness=lists.informativeness,
+            popularity_weight=lists.popularity_weight,
+            max_cart_items=lists.max_cart_items,
+            popular_items=lists.popular_items,
+            popular_scores=lists.popular_scores,
             trending=np.asarray(data["trending"], dtype=np.int64),
             tier_popular=data["tier_popular"],
+            lists=lists,
         )
         catalogue.index = {sku: position for position, sku in enumerate(catalogue.skus)}
         catalogue.sellable = catalogue.active & catalogue.in_stock
@@ -229,9 +237,6 @@ class Catalogue:
         # Gross margin per item; NaN where the cost is unknown (add-on ranking then uses the median).
         catalogue.margins = np.full(len(catalogue.skus), np.nan)
         catalogue.margins[priced] = 1.0 - catalogue.costs[priced] / catalogue.prices[priced]
-        catalogue.lists = NeighbourSource("nb", "", catalogue.informativeness, catalogue.popular_items,
-                                          catalogue.popular_scores, catalogue.popularity_weight,
-                                          catalogue.max_cart_items)
         return catalogue
 
 
