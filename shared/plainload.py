@@ -204,12 +204,12 @@ def _record_loader(schema: Schema):
     return load_record
 
 
-class PlainLoader:
-    """`load(record)`: what `schema.load(record)` answers when the record is plainly valid, else None."""
+class _DeclarationLoader:
+    """A loader built from a schema's declarations: None for a schema it cannot read, and for any deferral."""
 
-    def __init__(self, schema: Schema) -> None:
+    def __init__(self, schema: Schema, build) -> None:
         try:
-            self._load = _record_loader(schema)
+            self._load = build(schema)
         except _Unsupported:
             self._load = None
 
@@ -218,14 +218,25 @@ class PlainLoader:
         """False when the schema declares something this loader does not read (it then always defers)."""
         return self._load is not None
 
-    def load(self, record, context: PlainContext | None = None):
-        """The loaded record, or None: load it through the schema instead."""
+    def _plain(self, *arguments):
+        """What the built loader answers, or None when it defers (or the schema is not supported)."""
         if self._load is None:
             return None
         try:
-            return self._load(record, context or PlainContext())
+            return self._load(*arguments)
         except _Defer:
             return None
+
+
+class PlainLoader(_DeclarationLoader):
+    """`load(record)`: what `schema.load(record)` answers when the record is plainly valid, else None."""
+
+    def __init__(self, schema: Schema) -> None:
+        super().__init__(schema, _record_loader)
+
+    def load(self, record, context: PlainContext | None = None):
+        """The loaded record, or None: load it through the schema instead."""
+        return self._plain(record, context or PlainContext())
 
     def load_many(self, records) -> list:
         """Each record loaded, or None where the schema has to decide (one time context for the batch)."""
@@ -301,7 +312,7 @@ def _query_loader(schema: Schema):
     return load_query
 
 
-class PlainQueryLoader:
+class PlainQueryLoader(_DeclarationLoader):
     """`load(args)`: what webargs answers for a query string (unknown parameters excluded) when plainly valid.
 
     Reads String (with the validators PlainLoader reads), Integer (not strict; ASCII digits within its
@@ -309,21 +320,8 @@ class PlainQueryLoader:
     """
 
     def __init__(self, schema: Schema) -> None:
-        try:
-            self._load = _query_loader(schema)
-        except _Unsupported:
-            self._load = None
-
-    @property
-    def supported(self) -> bool:
-        """False when the schema declares something this loader does not read (it then always defers)."""
-        return self._load is not None
+        super().__init__(schema, _query_loader)
 
     def load(self, args):
         """The loaded arguments from a werkzeug MultiDict of query parameters, or None: parse them through webargs."""
-        if self._load is None:
-            return None
-        try:
-            return self._load(args)
-        except _Defer:
-            return None
+        return self._plain(args)
