@@ -33,7 +33,8 @@ def member_recommendation_id(campaign_id: str, customer_id: str) -> str:
     return uuid.uuid5(CAMPAIGN_RECOMMENDATIONS, f"{campaign_id}/{customer_id}").hex
 
 
-def _recommendation_id(campaign_id: str, customer_id: str, recommended_skus: list | None) -> str | None:
+def recommendation_id_of(campaign_id: str, customer_id: str, recommended_skus: list | None) -> str | None:
+    """A member's recommendation_id as pages, CSV and webhooks show it: None without recommended skus."""
     return member_recommendation_id(campaign_id, customer_id) if recommended_skus else None
 
 
@@ -123,7 +124,7 @@ def member_to_dict(member: CampaignMember) -> dict:
         "offer": member.offer,
         "recommended_skus": member.recommended_skus,
         "contacted_at": member.contacted_at,
-        "recommendation_id": _recommendation_id(member.campaign_id, member.customer_id, member.recommended_skus),
+        "recommendation_id": recommendation_id_of(member.campaign_id, member.customer_id, member.recommended_skus),
     }
 
 
@@ -155,7 +156,7 @@ def _csv_row(row) -> tuple:
         row.customer_id, row.group, row.rank, offer.get("kind", ""), offer.get("value", ""),
         offer.get("valid_days", ""), offer.get("expires_at", ""), " ".join(row.recommended_skus or []),
         row.contacted_at.isoformat() + "Z" if row.contacted_at else "",
-        _recommendation_id(row.campaign_id, row.customer_id, row.recommended_skus) or "",
+        recommendation_id_of(row.campaign_id, row.customer_id, row.recommended_skus) or "",
     )
 
 

@@ -18,7 +18,7 @@ import urllib3
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from services.segmentation.campaigns.members import find_campaign, member_recommendation_id
+from services.segmentation.campaigns.members import find_campaign, recommendation_id_of
 from shared.errors import InvalidRequest
 from shared.extensions import db
 from shared.ingest import utcnow
@@ -184,8 +184,8 @@ def webhook_body(session: Session, campaign: Campaign, delivery: CampaignWebhook
         "members": [
             {"customer_id": member.customer_id, "rank": member.rank, "offer": member.offer,
              "recommended_skus": member.recommended_skus,
-             "recommendation_id": (member_recommendation_id(campaign.campaign_id, member.customer_id)
-                                   if member.recommended_skus else None)}
+             "recommendation_id": recommendation_id_of(campaign.campaign_id, member.customer_id,
+                                                       member.recommended_skus)}
             for member in members
         ],
     }
