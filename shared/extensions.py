@@ -136,6 +136,11 @@ class Database:
         self.shop_timezone = DEFAULT_SHOP_TIMEZONE
 
 
+def reply_text(value: bytes | str | None) -> str | None:
+    """A Redis reply as text (the client answers bytes)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RedisStore:
     """Holds one Redis client per process, with every key under a configurable prefix."""
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 
 from shared.errors import Conflict, NotFound
-from shared.extensions import db, redis_store
+from shared.extensions import db, redis_store, reply_text
 from shared.ingest import dialect_insert, utcnow
 from shared.models import Pointer, Run
 
@@ -82,12 +82,12 @@ class RunLock:
 
     def acquire(self, run_id: str) -> str | None:
         """Take the lock for run_id; returns the holder's run id when another run has it."""
-        holder = _text(redis_store.client.eval(self._ACQUIRE, 1, self.key, run_id, self.timeout_seconds))
+        holder = reply_text(redis_store.client.eval(self._ACQUIRE, 1, self.key, run_id, self.timeout_seconds))
         return None if holder == run_id else holder
 
     def holder(self) -> str | None:
         """The run id holding the lock, if any."""
-        return _text(redis_store.client.get(self.key))
+        return reply_text(redis_store.client.get(self.key))
 
     def take_over(self, stale_holder: str, run_id: str) -> bool:
         """Move the lock from a dead run to run_id, unless someone else moved it first."""
@@ -95,15 +95,11 @@ class RunLock:
 
     def renew(self, run_id: str) -> str | None:
         """Extend run_id's lock (re-taking it if Redis lost it); returns the run id now holding it."""
-        return _text(redis_store.client.eval(self._RENEW, 1, self.key, run_id, self.timeout_seconds))
+        return reply_text(redis_store.client.eval(self._RENEW, 1, self.key, run_id, self.timeout_seconds))
 
     def release(self, run_id: str) -> None:
         """Release the lock if run_id still holds it (compare-and-delete in one Lua call)."""
         redis_store.client.eval(self._RELEASE, 1, self.key, run_id)
-
-
-def _text(value) -> str | None:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def create_run(as_of: datetime, trigger: str) -> Run:
@@ -212,17 +208,18 @@ def _locked_run(session, run_id: str) -> Run | None:
 
 def step_started_at(run: Run, name: str) -> datetime | None:
     """When a run's step started, from its record."""
-    for step in run.steps or []:
-        if step["name"] == name and step.get("started_at"):
-            return datetime.fromisoformat(step["started_at"])
-    return None
+    return _step_moment(run, name, "started_at")
 
 
 def step_updated_at(run: Run, name: str) -> datetime | None:
     """When a run's step last changed (for a fan-out, its last part's progress), from its record."""
+    return _step_moment(run, name, "updated_at")
+
+
+def _step_moment(run: Run, name: str, field: str) -> datetime | None:
     for step in run.steps or []:
-        if step["name"] == name and step.get("updated_at"):
-            return datetime.fromisoformat(step["updated_at"])
+        if step["name"] == name and step.get(field):
+            return datetime.fromisoformat(step[field])
     return None
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import logging
+import math
 import os
 import threading
 import time
@@ -25,7 +26,7 @@ import orjson
 import redis
 
 from shared.errors import DomainError
-from shared.extensions import redis_store
+from shared.extensions import redis_store, reply_text
 from shared.ingest import utcnow
 
 log = logging.getLogger("segrec.feedback")
@@ -98,7 +99,7 @@ class FeedbackWriter:
             entry_id = redis_store.command("EVAL", _APPEND_IF_ROOM, *arguments)
         if entry_id is None:
             raise StreamFull()
-        return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        return reply_text(entry_id)
 
 
 # The served stream's field names: a batch of records as one JSON array, and the one record per entry
@@ -172,7 +173,7 @@ class ServedLog:
     def _send(self, records: list[bytes]) -> None:
         batch, _flush_seconds, max_length = self._settings
         # The bound counts answers; the stream's length counts batches of up to `batch` answers.
-        max_entries = max(1, -(-max_length // max(1, batch)))
+        max_entries = max(1, math.ceil(max_length / max(1, batch)))
         payload = b"[" + b",".join(records) + b"]"
         try:
             redis_store.command("XADD", stream_key(SERVED_STREAM), "MAXLEN", "~", max_entries, "*",

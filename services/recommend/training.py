@@ -45,7 +45,7 @@ from services.recommend.store import (
     set_database_version,
     variant_key_prefix,
 )
-from shared.extensions import db, redis_store
+from shared.extensions import db, redis_store, reply_text
 from shared.frames import id_range_condition, read_frame, write_frame
 from shared.limits import TimeRules
 from shared.models import RecommendationList, Run
@@ -698,19 +698,23 @@ def prune_database_versions(keep: set[str]) -> None:
         session.execute(delete(RecommendationList).where(RecommendationList.model_version.notin_(keep)))
 
 
+def redis_versions(batch: int = 1000) -> set[str]:
+    """The versions with lists in Redis: each has one catalogue key, which names it."""
+    catalogue_keys = redis_store.client.scan_iter(match=list_key("*", "catalogue"), count=batch)
+    names = {reply_text(key)[len(redis_store.key("recs", "")):-len(":catalogue")] for key in catalogue_keys}
+    # A version id never holds ":" (a sku named "catalogue" would otherwise look like a version "v:nb").
+    return {name for name in names if name and ":" not in name}
+
+
 def prune_redis_versions(keep: set[str], batch: int = 1000) -> int:
     """Unlink the Redis lists of versions not in `keep`; returns the keys removed.
 
     Without this every nightly version stays until its keys expire (MODEL_TTL_SECONDS, 14 days): fifteen
-    versions of every customer's lists. Each version has one catalogue key, which names it.
+    versions of every customer's lists.
     """
     client = redis_store.client
-    catalogue_keys = client.scan_iter(match=list_key("*", "catalogue"), count=batch)
-    versions = {_text(key)[len(redis_store.key("recs", "")):-len(":catalogue")] for key in catalogue_keys}
-    # A version id never holds ":" (a sku named "catalogue" would otherwise look like a version "v:nb").
-    versions = {version for version in versions if version and ":" not in version}
     removed = 0
-    for version in sorted(versions - keep):
+    for version in sorted(redis_versions(batch) - keep):
         names = []
         for key in client.scan_iter(match=list_key(version, "*"), count=batch):
             names.append(key)
@@ -720,7 +724,3 @@ def prune_redis_versions(keep: set[str], batch: int = 1000) -> int:
         if names:
             removed += client.unlink(*names)
     return removed
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -6,18 +6,10 @@ from sqlalchemy import select
 
 from services.pipeline.retrain import retrain_now
 from services.recommend.store import list_key
-from services.recommend.training import publish_version, write_lists
+from services.recommend.training import publish_version, redis_versions, write_lists
 from shared.extensions import db, redis_store
 from shared.models import RecommendationList
 from tests.factories import AS_OF
-
-
-def redis_versions() -> set[str]:
-    """The versions that still have a catalogue in Redis."""
-    prefix = redis_store.key("recs", "")
-    names = {key.decode()[len(prefix):-len(":catalogue")]
-             for key in redis_store.client.scan_iter(match=list_key("*", "catalogue"))}
-    return {name for name in names if ":" not in name}
 
 
 def database_versions() -> set[str]:
