@@ -40,6 +40,8 @@ DEFAULTS: dict[str, object] = {
     # Off: every shop keeps the default co-purchase model (no candidates are fitted).
     "MODEL_SELECTION": True,
     "EASE_MAX_ITEMS": 4000,
+    # The softmax candidate's fit grows with cases x items: larger catalogues are left to the others.
+    "SELECTION_SOFTMAX_MAX_ITEMS": 200,
     "SELECTION_MAX_CASES": 20_000,
     # Fewer validation cases than this: the shop keeps the default model, and the run says so.
     "SELECTION_MIN_CASES": 200,

@@ -24,7 +24,9 @@ shop's best seller level with the strongest neighbour of a typical item, whateve
 
 Candidates: the current excess-over-chance co-purchase model (``CoPurchaseModel``, wrapped), item
 kNN with cosine and BM25 weighting (the ``implicit`` package's recommenders), conditional
-probability P(j | i), and EASE (Steck 2019: B = I - P / diag(P), P = (X'X + lambda I)^-1) on the
+probability P(j | i), naive-Bayes basket completion (pointwise mutual information lists and a
+log-popularity prior, in its own unit), multinomial logistic regression from a cart to its missing item
+(small catalogues), and EASE (Steck 2019: B = I - P / diag(P), P = (X'X + lambda I)^-1) on the
 ``max_items`` most-sold items, with cosine lists for the items beyond them.
 
 Pure module: numpy / scipy / scikit-learn / implicit.
@@ -32,12 +34,15 @@ Pure module: numpy / scipy / scikit-learn / implicit.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import lapack
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
 from services.recommend.cooccurrence import CartScoring, CoPurchaseModel, InvalidBasketsError, top_n_per_row
@@ -46,6 +51,9 @@ from services.recommend.popularity import decay_weights
 
 # A beta of 0 keeps popularity as the tie-breaker only (and as the backfill order of short lists).
 TIE_BREAK_WEIGHT = 1e-6
+# L-BFGS iterations of the softmax candidate: on the shapes of tests/perf/bench_models.py, 300 ranked no
+# better than 100 and cost three times as much.
+SOFTMAX_MAX_ITER = 100
 
 
 class InvalidCandidateInputError(ValueError):
@@ -123,6 +131,8 @@ class NeighbourCandidate(BaseEstimator):
     """Shared fit and scoring of every candidate; subclasses say how item-item scores are made."""
 
     name = "base"
+    # True where the prior is in the lists' own unit (beta = 1 is the model itself), not put on a common scale.
+    prior_in_own_unit = False
 
     def _neighbour_matrix(self, matrix, basket_times):
         """Unscaled item x item neighbour scores, pruned to n_neighbours per row (subclasses)."""
@@ -274,6 +284,144 @@ class ConditionalProbabilityCandidate(NeighbourCandidate):
         counts = np.asarray(matrix.sum(axis=0)).ravel().astype(np.float64)
         return blocked_pair_scores(matrix, lambda rows, cols, together: together / (counts[rows] + self.shrinkage),
                                    self.n_neighbours)
+
+
+class NaiveBayesCandidate(NeighbourCandidate):
+    """Naive-Bayes basket completion: log P(j) + sum over cart items i of log P(i | j) / P(i).
+
+    If the cart's items were independent given the missing item j, this is the log-probability of
+    j up to a constant of the cart, and it is linear in the cart, so it is served like every other
+    candidate: item i's stored list holds the pointwise mutual information PMI(i, j) = log P(i | j) / P(i)
+    of its co-purchased items (P(i | j) smoothed towards P(i) with `smoothing` pseudo-orders, positive
+    values kept: a pair that is not stored counts as independent), and the popular list holds
+    log popularity, shifted so that the least popular item of the list scores 0 (as every item outside
+    it does). Sums of evidence per cart item favour items that go with every cart item over items that
+    go strongly with one, which is what a shop of habitual sets (repeat purchases) rewards.
+
+    Lists and prior are already in the same unit (nats), so scale_ is 1 and beta = 1 is the model
+    itself; beta on the grid corrects the independence assumption's over-counting.
+    """
+
+    name = "naive_bayes"
+    reported_params = ("beta", "smoothing")
+    prior_in_own_unit = True
+
+    def __init__(self, beta=1.0, smoothing=1.0, n_neighbours=50, n_popular=200, max_cart_items=20,
+                 popularity_half_life_days=60.0):
+        self.beta = beta
+        self.smoothing = smoothing
+        self.n_neighbours = n_neighbours
+        self.n_popular = n_popular
+        self.max_cart_items = max_cart_items
+        self.popularity_half_life_days = popularity_half_life_days
+
+    def _neighbour_matrix(self, matrix, basket_times):
+        if self.smoothing <= 0:
+            raise InvalidCandidateInputError("smoothing must be > 0")
+        counts = np.asarray(matrix.sum(axis=0)).ravel().astype(np.float64)
+        # Half a pseudo-order per item keeps the share of an item never bought above zero.
+        share = (counts + 0.5) / (matrix.shape[0] + 1.0)
+
+        def pointwise_mutual_information(rows, cols, together):
+            conditional = (together + self.smoothing * share[rows]) / (counts[cols] + self.smoothing)
+            return np.log(conditional / share[rows])
+
+        return blocked_pair_scores(matrix, pointwise_mutual_information, self.n_neighbours)
+
+    def _scale_and_weight(self, raw, popularity):
+        return 1.0, max(float(self.beta), TIE_BREAK_WEIGHT)
+
+    def _fit_neighbours(self, neighbour_matrix):
+        super()._fit_neighbours(neighbour_matrix)
+        self.popular_scores_ = log_popularity_scores(self.popularity_[self.popular_items_])
+        return self
+
+
+class SoftmaxCandidate(NeighbourCandidate):
+    """Cart completion learned directly: multinomial logistic regression from a cart to its missing item.
+
+    Trained on every leave-one-out case of the fitting orders (an order of 2+ items minus one item is
+    the input, the item the class), sampled to at most max_cases; scikit-learn's LogisticRegression
+    with inverse regularisation C. The score of item j for a cart is intercept_j + sum over cart items
+    i of coef[j, i]: linear in the cart like every candidate, so item i's stored list is its positive
+    weights and the popular list holds the intercepts, shifted so that the list's last item scores 0.
+    Where the pairwise models sum what each cart item says on its own, the weights are fitted jointly
+    to name the missing item, so an item that any device's basket holds anyway (a universal
+    accessory) stops outvoting the family's own accessories.
+
+    The fit grows with cases x items x iterations, so selection fits it on small catalogues only
+    (``SelectionSettings.softmax_max_items``): a shop of 50,000 skus pays nothing for it.
+    """
+
+    name = "softmax"
+    reported_params = ("beta", "C")
+    prior_in_own_unit = True
+
+    def __init__(self, beta=1.0, C=10.0, max_cases=20_000, random_state=0, n_neighbours=50, n_popular=200,
+                 max_cart_items=20, popularity_half_life_days=60.0):
+        self.beta = beta
+        self.C = C
+        self.max_cases = max_cases
+        self.random_state = random_state
+        self.n_neighbours = n_neighbours
+        self.n_popular = n_popular
+        self.max_cart_items = max_cart_items
+        self.popularity_half_life_days = popularity_half_life_days
+
+    def _neighbour_matrix(self, matrix, basket_times):
+        n_items = matrix.shape[1]
+        carts, missing = completion_cases(matrix, self.max_cases, self.random_state)
+        self.intercepts_ = np.zeros(n_items)
+        weights = np.zeros((n_items, n_items))
+        classes = np.unique(missing)
+        if classes.size >= 2:
+            with warnings.catch_warnings():
+                # The iteration cap bounds the nightly cost on purpose: stopping there is expected, not a fault.
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                regression = LogisticRegression(C=self.C, max_iter=SOFTMAX_MAX_ITER).fit(carts, missing)
+            weights[:, classes] = regression.coef_.T
+            self.intercepts_[classes] = regression.intercept_
+        # An item that is never the missing one of a case gets the lowest intercept, as if least likely.
+        never = np.setdiff1d(np.arange(n_items), classes)
+        self.intercepts_[never] = self.intercepts_[classes].min() if classes.size else 0.0
+        return dense_prune_rows(weights, self.n_neighbours)
+
+    def _scale_and_weight(self, raw, popularity):
+        return 1.0, max(float(self.beta), TIE_BREAK_WEIGHT)
+
+    def _fit_neighbours(self, neighbour_matrix):
+        super()._fit_neighbours(neighbour_matrix)
+        order = np.lexsort((np.arange(self.n_items_), -self.intercepts_))[: self.n_popular]
+        self.popular_items_ = order
+        self.popular_scores_ = self.intercepts_[order] - self.intercepts_[order].min()
+        return self
+
+
+def completion_cases(matrix: sp.csr_matrix, max_cases: int, random_state=0) -> tuple[sp.csr_matrix, np.ndarray]:
+    """(carts, missing item): every order of 2+ items with one item taken out, a seeded sample of max_cases."""
+    lengths = np.diff(matrix.indptr)
+    entry_rows = np.repeat(np.arange(lengths.size), lengths)
+    case_entries = np.flatnonzero(lengths[entry_rows] >= 2)
+    if case_entries.size > max_cases:
+        case_entries = np.sort(np.random.default_rng(random_state).choice(case_entries, max_cases, replace=False))
+    case_orders = entry_rows[case_entries]
+    missing = matrix.indices[case_entries]
+    # Each case's whole order, less the missing item.
+    orders = sp.csr_matrix((np.ones(case_orders.size), (np.arange(case_orders.size), case_orders)),
+                           shape=(case_orders.size, matrix.shape[0]))
+    carts = sp.csr_matrix(orders @ matrix)
+    carts = carts - sp.csr_matrix((np.ones(missing.size), (np.arange(missing.size), missing)), shape=carts.shape)
+    carts.eliminate_zeros()
+    return sp.csr_matrix(carts), missing
+
+
+def log_popularity_scores(popularity: np.ndarray) -> np.ndarray:
+    """log popularity of a best-first popular list, shifted so its last positive entry scores 0 (never negative)."""
+    positive = popularity[popularity > 0]
+    if positive.size == 0:
+        return np.zeros(popularity.size)
+    floor = float(positive.min())
+    return np.log(np.maximum(popularity, floor) / floor)
 
 
 class ImplicitKNNCandidate(NeighbourCandidate):
@@ -472,6 +620,10 @@ def candidate_from_spec(name: str, params: dict):
         return CoPurchaseCandidate(**params)
     if name == "conditional_probability":
         return ConditionalProbabilityCandidate(**params)
+    if name == "naive_bayes":
+        return NaiveBayesCandidate(**params)
+    if name == "softmax":
+        return SoftmaxCandidate(**params)
     if name in ("knn_cosine", "knn_bm25"):
         params.setdefault("weighting", name.split("_", 1)[1])
         return ImplicitKNNCandidate(**params)

@@ -33,6 +33,8 @@ from services.recommend.candidates import (
     EASECandidate,
     EASEShared,
     ImplicitKNNCandidate,
+    NaiveBayesCandidate,
+    SoftmaxCandidate,
     binary_baskets,
     candidate_from_spec,
     candidate_spec,
@@ -53,10 +55,20 @@ class SelectionSettings:
     validation_fraction: float = 0.2
     seed: int = 42
     betas: tuple = (0.0, 0.1, 0.3, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+    # Naive Bayes and softmax carry their own prior in the unit of their lists: beta = 1 is the model itself,
+    # so their grid stays near it. A large beta would make them a plain ranking by their prior, which on
+    # groceries won the validation weeks and lost the later ones (HTTP HR@10 0.356 against 0.409).
+    own_prior_betas: tuple = (0.5, 0.75, 1.0, 1.5, 2.0)
     ease_l2_ratios: tuple = (0.03, 0.3, 3.0)
     # A candidate must beat today's model by more than this many standard errors of HR@10 to replace it.
     default_margin_se: float = 1.0
     ease_max_items: int = 4000
+    # Multinomial logistic regression (cart -> missing item) on catalogues up to softmax_max_items skus. A fit
+    # costs cases x items x iterations (about 5 s at 200 skus and 20,000 cases); one C, as C = 1 won on no
+    # shape of tests/perf/bench_models.py, and no cap above 200, as on the 300-sku repeat-purchase shape the
+    # sampled cases left it 17 % below naive Bayes for twice the time.
+    softmax_cs: tuple = (10.0,)
+    softmax_max_items: int = 200
     # Blends of the best blend_members single models (one per family), weights searched on a seeded
     # sample of blend_search_cases cases; kept only if better than the best single model by more than
     # blend_margin_se standard errors of HR@10 (a blend has more knobs to fit the validation noise).
@@ -76,6 +88,7 @@ class SelectionSettings:
             "max_cases": int(config.get("SELECTION_MAX_CASES", cls.max_cases)),
             "min_cases": int(config.get("SELECTION_MIN_CASES", cls.min_cases)),
             "ease_max_items": int(config.get("EASE_MAX_ITEMS", cls.ease_max_items)),
+            "softmax_max_items": int(config.get("SELECTION_SOFTMAX_MAX_ITEMS", cls.softmax_max_items)),
         }
         if config.get("SELECTION_BETAS"):
             values["betas"] = _floats(config["SELECTION_BETAS"])
@@ -99,7 +112,9 @@ def candidate_structures(settings: SelectionSettings) -> list:
         ConditionalProbabilityCandidate(**common),
         ImplicitKNNCandidate(weighting="cosine", **common),
         ImplicitKNNCandidate(weighting="bm25", **common),
+        NaiveBayesCandidate(**common),
     ]
+    structures += [SoftmaxCandidate(C=inverse_l2, **common) for inverse_l2 in settings.softmax_cs]
     structures += [EASECandidate(l2_ratio=ratio, max_items=settings.ease_max_items, **common)
                    for ratio in settings.ease_l2_ratios]
     return structures
@@ -302,6 +317,10 @@ def _score_candidates(fit_matrix, fit_times, cases, settings: SelectionSettings,
     report["seconds"] = {}
     ease_shared = None
     for structure in candidate_structures(settings):
+        if isinstance(structure, SoftmaxCandidate) and fit_matrix.shape[1] > settings.softmax_max_items:
+            report.setdefault("skipped", []).append({**structure.describe(), "why": (
+                f"{fit_matrix.shape[1]} items, above SELECTION_SOFTMAX_MAX_ITEMS ({settings.softmax_max_items})")})
+            continue
         started = time.perf_counter()
         if isinstance(structure, EASECandidate):
             # Every l2 of the grid shares the covered items' X'X and the cosine lists beyond them.
@@ -311,7 +330,7 @@ def _score_candidates(fit_matrix, fit_times, cases, settings: SelectionSettings,
         else:
             fitted = clone(structure).fit(fit_matrix, fit_times)
         fit_seconds = time.perf_counter() - started
-        betas = list(settings.betas)
+        betas = list(settings.own_prior_betas if structure.prior_in_own_unit else settings.betas)
         weights = [max(beta, TIE_BREAK_WEIGHT) for beta in betas]
         if isinstance(structure, CoPurchaseCandidate):
             # Today's default (its own prior, beta=None) is the same fit at one more weight.
@@ -323,7 +342,8 @@ def _score_candidates(fit_matrix, fit_times, cases, settings: SelectionSettings,
         _candidate, hit_rate, ndcg, _row, _hit = max(entries, key=lambda entry: (entry[1], entry[2]))
         if (hit_rate, ndcg) > best_fits.get(fitted.name, (-1.0, -1.0, None))[:2]:
             best_fits[fitted.name] = (hit_rate, ndcg, fitted)
-        label = f"{fitted.name} {fitted.describe()['params'].get('l2_ratio', '')}".strip()
+        params = fitted.describe()["params"]
+        label = f"{fitted.name} {params.get('l2_ratio', params.get('C', ''))}".strip()
         report["seconds"][label] = {"fit": round(fit_seconds, 2),
                                     "score": round(time.perf_counter() - started - fit_seconds, 2)}
     del ease_shared

@@ -71,7 +71,8 @@ def test_a_candidate_variant_serves_its_family_lists_once_a_retrain_staged_them(
         client, admin, storefront, segmentation_app, shop):
     selection = runs.get_run(shop.run_id).metrics["model_selection"]
     rows = best_rows_by_family(selection)
-    assert set(rows) == {"co_purchase", "conditional_probability", "knn_cosine", "knn_bm25", "ease"}
+    assert set(rows) == {"co_purchase", "conditional_probability", "knn_cosine", "knn_bm25", "naive_bayes", "softmax",
+                         "ease"}
     assert selection["chosen"]["name"] != "knn_cosine"
     experiment = create(client, admin).json
     units = unit_per_variant(experiment["experiment_id"])
@@ -152,7 +153,7 @@ def test_candidate_variants_only_where_they_can_serve_and_only_families_the_sele
     assert unknown.status_code == 422
     assert unknown.json["error"]["details"]["variants"] == [
         "unknown variant knn_jaccard; candidate families in the published model selection: "
-        "co_purchase, conditional_probability, ease, knn_bm25, knn_cosine"]
+        "co_purchase, conditional_probability, ease, knn_bm25, knn_cosine, naive_bayes, softmax"]
     blend = create(client, admin, variants=[{"name": "current", "weight": 1}, {"name": "blend", "weight": 1}])
     assert blend.status_code == 422
     # current and popular stay valid on every surface.

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
 
 from services.recommend import evaluation
 from services.recommend.candidates import (
@@ -15,6 +16,10 @@ from services.recommend.candidates import (
     EASEShared,
     PRIOR_ATTRIBUTES,
     InvalidCandidateInputError,
+    binary_baskets,
+    NaiveBayesCandidate,
+    SoftmaxCandidate,
+    completion_cases,
     candidate_spec,
     dense_prune_rows,
     ease_weights,
@@ -97,12 +102,68 @@ def test_co_purchase_with_beta_none_is_todays_model():
 def test_vectorised_evaluation_equals_the_served_merge():
     data = evaluation.synthetic_long_tail(n_baskets=3000, n_items=300, random_state=4)
     train, times, cases = evaluation.split_and_cases(data["baskets"], data["times"])
-    for model in (EASECandidate(l2_ratio=0.3, beta=1.0, max_items=150), CoPurchaseCandidate(beta=None)):
+    for model in (EASECandidate(l2_ratio=0.3, beta=1.0, max_items=150), CoPurchaseCandidate(beta=None),
+                  NaiveBayesCandidate(beta=1.0), SoftmaxCandidate(beta=1.0, max_cases=3000)):
         model.fit(train, times)
         served = evaluation.evaluate_cart_recommender(lambda cart, k: recommend_for_cart(model, cart, k)[0], cases)
         (_weight, hit_rate, ndcg), = evaluate_fitted(model, cases)
         assert hit_rate == pytest.approx(served["hit_rate"])
         assert ndcg == pytest.approx(served["ndcg"])
+
+
+def test_naive_bayes_lists_are_smoothed_pointwise_mutual_information_and_its_prior_log_popularity():
+    model = NaiveBayesCandidate(beta=1.0, smoothing=1.0).fit(BASKETS)
+    assert model.scale_ == 1.0
+    # Item shares with half a pseudo-order: (count + 0.5) / (4 orders + 1) = 0.5, 0.7, 0.5, 0.3.
+    # PMI(i, j) = log(P(i | j) / P(i)), P(i | j) = (together + share_i) / (count_j + 1); row i, column j.
+    expected = np.zeros((4, 4))
+    expected[0, 1] = np.log((2 + 0.5) / (3 + 1) / 0.5)
+    expected[0, 3] = np.log((1 + 0.5) / (1 + 1) / 0.5)
+    expected[1, 0] = np.log((2 + 0.7) / (2 + 1) / 0.7)
+    expected[1, 3] = np.log((1 + 0.7) / (1 + 1) / 0.7)
+    expected[3, 0] = np.log((1 + 0.3) / (2 + 1) / 0.3)
+    expected[3, 1] = np.log((1 + 0.3) / (3 + 1) / 0.3)
+    # 1 and 2 share one order of their 3 and 2: less than chance, so neither list keeps the other.
+    np.testing.assert_allclose(model.scores_.toarray(), expected, rtol=1e-9)
+    # Popularity 0.75, 0.5, 0.5, 0.25 (no times: no decay); the list's last item scores 0.
+    np.testing.assert_array_equal(model.popular_items_, [1, 0, 2, 3])
+    np.testing.assert_allclose(model.popular_scores_, np.log([3.0, 2.0, 2.0, 1.0]))
+    scores = model.score_cart([0])
+    assert scores[1] == pytest.approx(np.log(3.0) + expected[0, 1])
+    assert scores[3] == pytest.approx(expected[0, 3])
+    items, _scores = recommend_for_cart(model, [0], 3)
+    assert items.tolist() == [1, 2, 3]
+
+
+def test_naive_bayes_needs_positive_smoothing():
+    with pytest.raises(InvalidCandidateInputError):
+        NaiveBayesCandidate(smoothing=0.0).fit(BASKETS)
+
+
+def test_completion_cases_take_each_item_out_of_each_order_of_two_or_more():
+    carts, missing = completion_cases(sp.csr_matrix(BASKETS), max_cases=100)
+    # Orders 0, 1 and 3 have 2+ items (order 2 has one): 2 + 3 + 2 cases, in order then item order.
+    assert missing.tolist() == [0, 1, 0, 1, 3, 1, 2]
+    assert [carts[row].indices.tolist() for row in range(7)] == [[1], [0], [1, 3], [0, 3], [0, 1], [2], [1]]
+    sampled_carts, sampled_missing = completion_cases(sp.csr_matrix(BASKETS), max_cases=3, random_state=5)
+    assert sampled_missing.size == 3 and sampled_carts.shape == (3, 4)
+
+
+def test_softmax_serves_its_positive_weights_and_its_intercepts():
+    data = evaluation.synthetic_dense_accessories(n_baskets=1500, random_state=3)
+    model = SoftmaxCandidate(beta=1.0).fit(data["baskets"], data["times"])
+    regression = LogisticRegression(C=10.0, max_iter=100).fit(*completion_cases(binary_baskets(data["baskets"]), 20_000))
+    weights = regression.coef_.T.copy()
+    np.fill_diagonal(weights, 0.0)
+    np.testing.assert_allclose(model.scores_.toarray(), np.where(weights > 0, weights, 0.0), rtol=1e-6, atol=1e-9)
+    order = np.lexsort((np.arange(40), -regression.intercept_))
+    np.testing.assert_array_equal(model.popular_items_, order)
+    np.testing.assert_allclose(model.popular_scores_, regression.intercept_[order] - regression.intercept_.min())
+    # A pair never bought together only ever lowers the weight: every stored pair has orders to name in a reason.
+    naive_bayes = NaiveBayesCandidate().fit(data["baskets"], data["times"])
+    for fitted in (model, naive_bayes):
+        together = pair_counts(binary_baskets(data["baskets"]), fitted.scores_)
+        assert together.nnz == fitted.scores_.nnz and together.data.min() >= 1
 
 
 def test_score_cart_sums_the_rows_and_the_popularity_blend():
