@@ -6,7 +6,9 @@ Light on purpose (no numpy, no scikit-learn): the web tier validates experiment 
 from __future__ import annotations
 
 # The single-model families a model_selection row (and an experiment variant) may name; a blend mixes them.
-CANDIDATE_FAMILIES = ("co_purchase", "conditional_probability", "knn_cosine", "knn_bm25", "naive_bayes", "softmax", "ease")
+CANDIDATE_FAMILIES = (
+    "co_purchase", "conditional_probability", "knn_cosine", "knn_bm25", "naive_bayes", "softmax", "ease",
+)
 
 
 def best_rows_by_family(report: dict | None) -> dict[str, dict]:
