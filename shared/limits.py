@@ -42,12 +42,6 @@ _CONTROL_OR_SURROGATE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 ID_FORBIDDEN_PATTERN = r"[/\x00-\x1f\x7f-\x9f]"
 
 
-# id_problem's rule as one regular expression, for the msgspec Structs of the fast body paths
-# (shared/plainload.py): a text matches exactly when id_problem finds nothing wrong with it.
-ID_FULL_PATTERN = (f"^[^{re.escape(FORBIDDEN_ID_CHARACTERS)}{_CONTROL_OR_SURROGATE.pattern[1:-1]}]"
-                   f"{{1,{MAX_ID_LENGTH}}}\\Z")
-
-
 def id_problem(text: str) -> str | None:
     """Why a value is not a valid id (1 to 64 characters, no "/", no control characters), or None."""
     if not text:

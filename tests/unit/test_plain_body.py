@@ -5,6 +5,7 @@ import random
 import re
 from datetime import datetime, timezone
 
+import msgspec
 import orjson
 import pytest
 from flask import Flask
@@ -15,7 +16,8 @@ from services.recommend.feedback import event_payload
 from services.recommend.schemas import CartRequestSchema, FeedbackBatchSchema
 from shared.config import load_config
 from shared.errors import BatchTooLarge
-from shared.limits import ID_FULL_PATTERN, id_problem
+from shared.limits import id_problem
+from shared.plainload import PlainId, decode_plain
 from tests.unit.test_plainload import _identifier, random_event
 
 
@@ -41,11 +43,20 @@ def _text(rng: random.Random) -> str:
     return "".join(rng.choice(alphabet) for _ in range(rng.choice([0, 1, 2, 5, 63, 64, 65])))
 
 
-def test_the_id_pattern_accepts_exactly_what_id_problem_accepts():
+def test_a_plain_id_is_one_check_id_accepts():
+    """PlainId bounds only the length: the bytes decode_plain refuses leave no other way to break the id rule."""
     rng = random.Random(5)
+    decoder = msgspec.json.Decoder(PlainId)
+    taken = 0
     for _ in range(20_000):
-        text = _text(rng) if rng.random() < 0.7 else rng.choice(["a" * 64, "a" * 65, "", "x\n", "ok", "a/b"])
-        assert (re.search(ID_FULL_PATTERN, text) is not None) == (id_problem(text) is None), repr(text)
+        text = _text(rng) if rng.random() < 0.7 else rng.choice(["a" * 64, "a" * 65, "", "x\n", "ok", "a/b", "é"])
+        for body in (json.dumps(text).encode(), json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass"),
+                     b'"' + text.encode("utf-8", "surrogatepass") + b'"'):  # raw, unescaped
+            decoded = decode_plain(decoder, body)
+            if decoded is not None:
+                taken += 1
+                assert decoded == text and id_problem(text) is None, repr(text)
+    assert taken > 1000
 
 
 def _encoded(rng: random.Random, value) -> bytes:
@@ -147,9 +158,9 @@ def test_cart_bodies_load_as_the_schema_loads_them(app_context):
             taken += 1
             assert plain == loaded
         elif loaded is not None:
-            # Deferred but loadable: only bodies with a number the schema coerces ("3", 2.0), or a lone
-            # surrogate in a name the schema only bounds by length (as an escape: json reads it, msgspec not).
-            assert re.search(rb'"3"|2\.0|5\.0|"5"|\\ud[89a-f]', body), body
+            # Deferred but loadable: only bodies with a number the schema coerces ("3", 2.0), or with a byte
+            # decode_plain leaves to the schema ("/", a backslash escape, DEL, 0xc2).
+            assert re.search(rb'"3"|2\.0|5\.0|"5"|[/\\\x7f\xc2]', body), body
     assert taken > 500
 
 
