@@ -87,9 +87,10 @@ class FeedbackWriter:
 
     SCRIPT_SHA = hashlib.sha1(_APPEND_IF_ROOM.encode()).hexdigest()
 
-    def append(self, events: list[dict], max_length: int) -> str:
-        """Append the events as one entry; raises StreamFull when the stream is at its bound."""
-        payload = orjson.dumps([event_payload(event) for event in events])
+    def append(self, events: list[dict], max_length: int, payload: bytes | None = None) -> str:
+        """Append the events as one entry (`payload`: already encoded); raises StreamFull at the bound."""
+        if payload is None:
+            payload = orjson.dumps([event_payload(event) for event in events])
         arguments = (1, stream_key(FEEDBACK_STREAM), max_length, payload)
         # One command on the worker's own connection (RedisStore.command); the script is sent in full
         # only the first time a Redis server sees it.

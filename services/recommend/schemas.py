@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Annotated, Literal
 
+import msgspec
+import orjson
 from flask import current_app
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 from webargs.fields import DelimitedList
 
 from shared.limits import MAX_STOCK
-from shared.plainload import PlainContext, PlainLoader
+from shared.plainload import PlainContext, PlainId, PlainLoader, PlainTimes, decode_plain
 from shared.schemas import (
     DelimitedIdentifier,
     Identifier,
@@ -18,7 +21,7 @@ from shared.schemas import (
     RejectedRecordSchema,
     ScheduledDateTime,
 )
-from shared.web import BatchRequestMixin, TolerantList
+from shared.web import BatchRequestMixin, RecordBatch, TolerantList
 
 PROMOTION_KINDS = ("spend_threshold", "free_shipping")
 MAX_CART_QUANTITY = 10_000
@@ -154,15 +157,44 @@ class CartLines(fields.List):
 _PLAIN_CART_LINE = PlainLoader(CartLineSchema())
 
 
+MAX_CART_LINES_IN_REQUEST = 500
+
+
 class CartRequestSchema(Schema):
     """A cart: its lines and, optionally, who is shopping."""
 
     customer_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
     session_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
-    items = CartLines(fields.Nested(CartLineSchema), load_default=list, validate=validate.Length(max=500))
+    items = CartLines(fields.Nested(CartLineSchema), load_default=list,
+                      validate=validate.Length(max=MAX_CART_LINES_IN_REQUEST))
     limit = fields.Integer(load_default=10, validate=validate.Range(min=1, max=50))
     category = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=128))
     exclude = fields.List(Identifier(), load_default=list, validate=validate.Length(max=200))
+
+    def plain_body(self, body: bytes) -> dict | None:
+        """What load() answers for a plainly valid cart body (decoded by msgspec), or None: load it instead."""
+        cart = decode_plain(_PLAIN_CART, body)
+        return None if cart is None else msgspec.to_builtins(cart)
+
+
+# CartRequestSchema and CartLineSchema as msgspec Structs (CartRequestSchema.plain_body): the body of the
+# storefront's cart call decoded and checked in C. Each declaration mirrors the schema's; a value they
+# refuse sends the body through the schema. tests/unit/test_plain_body.py checks both load alike.
+class _PlainCartLine(msgspec.Struct, forbid_unknown_fields=True):
+    sku: PlainId
+    quantity: Annotated[int, msgspec.Meta(ge=1, le=MAX_CART_QUANTITY)] = 1
+
+
+class _PlainCart(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    customer_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    session_id: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    items: Annotated[list[_PlainCartLine], msgspec.Meta(max_length=MAX_CART_LINES_IN_REQUEST)] = []
+    limit: Annotated[int, msgspec.Meta(ge=1, le=50)] = 10
+    category: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    exclude: Annotated[list[PlainId], msgspec.Meta(max_length=200)] = []
+
+
+_PLAIN_CART = msgspec.json.Decoder(_PlainCart)
 
 
 class AddOnSuggestionSchema(Schema):
@@ -196,13 +228,14 @@ class CartRecommendationSchema(RecommendationSchema):
 
 FEEDBACK_EVENT_TYPES = ("impression", "click", "add_to_cart")
 MAX_SKUS_PER_IMPRESSION = 100
+MAX_IMPRESSION_POSITION = 1000
 
 
 class ShownItemSchema(Schema):
     """One item of an impression, at the position it was shown (1 = first)."""
 
     sku = Identifier(required=True)
-    position = fields.Integer(required=True, validate=validate.Range(min=1, max=1000))
+    position = fields.Integer(required=True, validate=validate.Range(min=1, max=MAX_IMPRESSION_POSITION))
 
 
 class FeedbackEventSchema(Schema):
@@ -264,6 +297,74 @@ class FeedbackBatchSchema(Schema):
         if isinstance(data, list):
             return {"events": data}
         return data
+
+    def plain_body(self, body: bytes) -> dict | None:
+        """What load() answers for a batch whose every event is plainly valid (decoded by msgspec), or None."""
+        decoded = decode_plain(_PLAIN_FEEDBACK, body)
+        if decoded is None:
+            return None
+        events = decoded if type(decoded) is list else decoded.events
+        if len(events) > current_app.config["MAX_FEEDBACK_EVENTS"]:
+            return None  # 413, from the schema
+        times = PlainTimes(days_ahead=0)
+        # check_event's attribution window, read once per batch rather than once per event.
+        oldest = datetime.now(timezone.utc) - timedelta(hours=current_app.config["ATTRIBUTION_WINDOW_HOURS"])
+        loaded = msgspec.to_builtins(events)
+        for event, record in zip(events, loaded):
+            occurred_at = times.load(event.occurred_at)
+            if occurred_at is None or occurred_at < oldest or not _plainly_complete(event):
+                return None
+            record["occurred_at"] = occurred_at
+        return {"events": PlainEvents(loaded)}
+
+
+class PlainEvents(RecordBatch):
+    """A batch whose every event was plainly valid, with the feedback stream's entry already encoded.
+
+    The loaded events hold exactly the stream's fields in its order (FeedbackEventSchema's), and orjson
+    writes an aware UTC time as isoformat() does, so the entry is orjson of the events themselves.
+    """
+
+    def __init__(self, events: list[dict]) -> None:
+        super().__init__(list(enumerate(events)), [])
+        self.stream_payload = orjson.dumps(events)
+
+
+def _plainly_complete(event: _PlainEvent) -> bool:
+    """check_event's rules on who, which answer and which skus, for an event msgspec decoded."""
+    if event.customer_id is None and event.session_id is None:
+        return False  # ids are never empty once decoded
+    if event.type != "add_to_cart" and event.recommendation_id is None:
+        return False
+    if event.type == "impression":
+        return event.skus is not None
+    return event.sku is not None
+
+
+# FeedbackEventSchema and ShownItemSchema as msgspec Structs (FeedbackBatchSchema.plain_body), fields in
+# the schema's order: a batch decoded and checked in C; a batch with any event they refuse, or one that
+# breaks check_event's rules, goes through the schema. tests/unit/test_plain_body.py checks both load alike.
+class _PlainShownItem(msgspec.Struct, forbid_unknown_fields=True):
+    sku: PlainId
+    position: Annotated[int, msgspec.Meta(ge=1, le=MAX_IMPRESSION_POSITION)]
+
+
+class _PlainEvent(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    event_id: PlainId
+    type: Literal[FEEDBACK_EVENT_TYPES]
+    recommendation_id: PlainId | None = None
+    customer_id: PlainId | None = None
+    session_id: PlainId | None = None
+    sku: PlainId | None = None
+    skus: Annotated[list[_PlainShownItem], msgspec.Meta(min_length=1, max_length=MAX_SKUS_PER_IMPRESSION)] | None = None
+    occurred_at: str
+
+
+class _PlainFeedbackBatch(msgspec.Struct, forbid_unknown_fields=True):
+    events: list[_PlainEvent]
+
+
+_PLAIN_FEEDBACK = msgspec.json.Decoder(list[_PlainEvent] | _PlainFeedbackBatch)
 
 
 class FeedbackResultSchema(Schema):

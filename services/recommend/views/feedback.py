@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from prometheus_client import Counter
 
 from services.recommend.feedback import FeedbackBacklog, FeedbackWriter, StreamFull
 from services.recommend.online_metrics import online_metrics
 from services.recommend.schemas import FeedbackBatchSchema, FeedbackResultSchema, MetricsArgsSchema, MetricsSchema
-from shared.web import LabelledChildren, json_response, record_id, require_scope
+from shared.web import LabelledChildren, PlainQueryBlueprint, json_response, record_id, require_scope
 
-blp = Blueprint("feedback", __name__, url_prefix="/v1", description="Storefront feedback and online metrics")
+blp = PlainQueryBlueprint("feedback", __name__, url_prefix="/v1", description="Storefront feedback and online metrics")
 writer = FeedbackWriter()
 
 FEEDBACK_EVENTS = Counter("segrec_feedback_events_total", "Feedback events accepted into the stream, by type",
@@ -35,7 +34,8 @@ class Feedback(MethodView):
                     for index, record, errors in batch["events"].rejected]
         if events:
             try:
-                writer.append(events, current_app.config["FEEDBACK_STREAM_MAX_LENGTH"])
+                writer.append(events, current_app.config["FEEDBACK_STREAM_MAX_LENGTH"],
+                              getattr(batch["events"], "stream_payload", None))
             except StreamFull as full:
                 FEEDBACK_REFUSED.inc()
                 raise FeedbackBacklog(current_app.config["FEEDBACK_RETRY_AFTER_SECONDS"]) from full
