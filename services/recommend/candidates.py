@@ -166,11 +166,16 @@ class NeighbourCandidate(BaseEstimator):
 
     def _fit_neighbours(self, neighbour_matrix):
         """Prune and scale the neighbour lists, set the blend weight; returns self."""
-        raw = prune_rows(neighbour_matrix, self.n_neighbours)
+        raw = self._pruned(neighbour_matrix)
         self.scale_, self.popularity_weight_ = self._scale_and_weight(raw, self.popularity_)
         self.scores_ = sp.csr_matrix(raw / self.scale_)
-        self.informativeness_ = np.asarray(self.scores_.sum(axis=1)).ravel()
+        # Positive evidence only: a cart item whose list mostly says "not with me" is not the most telling one.
+        self.informativeness_ = np.asarray(self.scores_.maximum(0).sum(axis=1)).ravel()
         return self
+
+    def _pruned(self, neighbour_matrix) -> sp.csr_matrix:
+        """The stored lists: each row's n_neighbours best positive scores (softmax keeps negatives too)."""
+        return prune_rows(neighbour_matrix, self.n_neighbours)
 
     def _scale_and_weight(self, raw, popularity):
         """(scale, beta): the typical strongest neighbour score, and the popularity weight on that scale."""
@@ -198,12 +203,18 @@ class NeighbourCandidate(BaseEstimator):
 
     def neighbor_list(self, item: int):
         """(items, scores) of an item's whole stored row (the name crosssell.py reads)."""
-        return self.neighbours(item, self.n_neighbours)
+        return self.neighbours(item, self.scores_.indptr[item + 1] - self.scores_.indptr[item])
 
     def top_neighbours(self, n: int) -> sp.csr_matrix:
-        """Every item's n best neighbours at once, as a sparse items x items matrix."""
+        """Every item's n best neighbours at once, as a sparse items x items matrix (positive scores only)."""
         check_is_fitted(self, "scores_")
         return prune_rows(self.scores_, n)
+
+    def stored_lists(self, n: int) -> sp.csr_matrix:
+        """What training stores per item for serving to merge: the n best neighbours, and any negative scores."""
+        check_is_fitted(self, "scores_")
+        negative = sp.csr_matrix(self.scores_.minimum(0))
+        return sp.csr_matrix(prune_rows(self.scores_, n) + negative)
 
     def cart_matrix(self, carts: sp.csr_matrix) -> sp.csr_matrix:
         """Carts (rows) cut to their max_cart_items most informative items, as serving does."""
@@ -343,11 +354,13 @@ class SoftmaxCandidate(NeighbourCandidate):
     Trained on every leave-one-out case of the fitting orders (an order of 2+ items minus one item is
     the input, the item the class), sampled to at most max_cases; scikit-learn's LogisticRegression
     with inverse regularisation C. The score of item j for a cart is intercept_j + sum over cart items
-    i of coef[j, i]: linear in the cart like every candidate, so item i's stored list is its positive
+    i of coef[j, i]: linear in the cart like every candidate, so item i's stored list is its strongest
     weights and the popular list holds the intercepts, shifted so that the list's last item scores 0.
     Where the pairwise models sum what each cart item says on its own, the weights are fitted jointly
     to name the missing item, so an item that any device's basket holds anyway (a universal
-    accessory) stops outvoting the family's own accessories.
+    accessory) stops outvoting the family's own accessories. Its lists keep the n_neighbours most
+    negative weights as well: "a drink in the cart, so not another drink" is what a café's carts say,
+    and serving sums them like any score (bought-together shows the positive ones only).
 
     The fit grows with cases x items x iterations, so selection fits it on small catalogues only
     (``SelectionSettings.softmax_max_items``): a shop of 50,000 skus pays nothing for it.
@@ -357,7 +370,7 @@ class SoftmaxCandidate(NeighbourCandidate):
     reported_params = ("beta", "C")
     prior_in_own_unit = True
 
-    def __init__(self, beta=1.0, C=10.0, max_cases=20_000, random_state=0, n_neighbours=50, n_popular=200,
+    def __init__(self, beta=1.0, C=10.0, max_cases=50_000, random_state=0, n_neighbours=50, n_popular=200,
                  max_cart_items=20, popularity_half_life_days=60.0):
         self.beta = beta
         self.C = C
@@ -384,7 +397,12 @@ class SoftmaxCandidate(NeighbourCandidate):
         # An item that is never the missing one of a case gets the lowest intercept, as if least likely.
         never = np.setdiff1d(np.arange(n_items), classes)
         self.intercepts_[never] = self.intercepts_[classes].min() if classes.size else 0.0
-        return dense_prune_rows(weights, self.n_neighbours)
+        np.fill_diagonal(weights, 0.0)
+        strongest = dense_prune_rows(weights, self.n_neighbours)
+        return sp.csr_matrix(strongest - dense_prune_rows(-weights, self.n_neighbours))
+
+    def _pruned(self, neighbour_matrix) -> sp.csr_matrix:
+        return neighbour_matrix
 
     def _scale_and_weight(self, raw, popularity):
         return 1.0, max(float(self.beta), TIE_BREAK_WEIGHT)

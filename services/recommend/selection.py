@@ -64,10 +64,10 @@ class SelectionSettings:
     default_margin_se: float = 1.0
     ease_max_items: int = 4000
     # Multinomial logistic regression (cart -> missing item) on catalogues up to softmax_max_items skus. A fit
-    # costs cases x items x iterations (about 5 s at 200 skus and 20,000 cases); one C, as C = 1 won on no
-    # shape of tests/perf/bench_models.py, and no cap above 200, as on the 300-sku repeat-purchase shape the
-    # sampled cases left it 17 % below naive Bayes for twice the time.
-    softmax_cs: tuple = (10.0,)
+    # costs cases x items x iterations (about 3 s at 100 skus and 28,000 cases on a quiet machine); C = 10 won
+    # on a dense accessory catalogue, 0.3 on a café (with its negative weights). No cap above 200: on the
+    # 300-sku repeat-purchase shape sampled cases left it 17 % below naive Bayes for twice the time.
+    softmax_cs: tuple = (0.3, 10.0)
     softmax_max_items: int = 200
     # Blends of the best blend_members single models (one per family), weights searched on a seeded
     # sample of blend_search_cases cases; kept only if better than the best single model by more than

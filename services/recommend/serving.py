@@ -239,6 +239,8 @@ class Recommender:
         if neighbours is not None:
             for item, score, together in zip(neighbours.items.tolist(), neighbours.scores.tolist(),
                                              neighbours.together):
+                if score <= 0:
+                    break  # best first: the rest of a signed list (softmax) says "not bought together"
                 if allowed[item]:
                     items.append(_item(catalogue, item, score,
                                        f"bought together with {anchor_name} in {together} orders"))

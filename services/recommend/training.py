@@ -208,7 +208,7 @@ def _neighbour_payloads(model, baskets: sp.csr_matrix, skus: np.ndarray) -> dict
     so reasons name real evidence whatever model ranks the list.
     """
     payloads = {}
-    scores = model.top_neighbours(NEIGHBOURS_STORED)
+    scores = model.stored_lists(NEIGHBOURS_STORED)
     counts = pair_counts(binary_baskets(baskets), scores)
     rows = np.repeat(np.arange(scores.shape[0]), np.diff(scores.indptr))
     together_all = np.asarray(counts[rows, scores.indices]).ravel() if scores.nnz else np.zeros(0, np.int64)

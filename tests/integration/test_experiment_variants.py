@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
@@ -42,12 +43,12 @@ def create(client, admin, surface="bought_together", variants=VARIANTS):
     return client.post("/v1/experiments", headers=admin, json=body)
 
 
-def unit_per_variant(experiment_id: str) -> dict[str, str]:
+def unit_per_variant(experiment_id: str, variants=VARIANTS) -> dict[str, str]:
     """A customer id assigned to each variant (assignment is a pure hash, so the test can pick them)."""
     units: dict[str, str] = {}
     for index in range(200):
-        units.setdefault(assign_variant(experiment_id, VARIANTS, f"v-{index}"), f"v-{index}")
-    assert set(units) == {"current", "knn_cosine"}
+        units.setdefault(assign_variant(experiment_id, variants, f"v-{index}"), f"v-{index}")
+    assert set(units) == {variant["name"] for variant in variants}
     return units
 
 
@@ -59,12 +60,17 @@ def fallbacks(reason: str) -> float:
     return REGISTRY.get_sample_value("segrec_recommendation_fallbacks_total", {"fallback": reason}) or 0.0
 
 
-def cosine_fitted_on_the_shop(params: dict):
-    """The kNN-cosine candidate fitted directly on the same whole-window baskets training uses."""
+def fitted_on_the_shop(family: str, params: dict):
+    """A candidate family fitted directly on the same whole-window baskets training uses."""
     catalogue = load_catalogue(db.engine)
     data = TrainingData(load_order_lines(db.engine, AS_OF), catalogue)
-    model = candidate_from_spec("knn_cosine", params).fit(data.baskets, data.basket_times)
+    model = candidate_from_spec(family, params).fit(data.baskets, data.basket_times)
     return model, catalogue["sku"].tolist()
+
+
+def cosine_fitted_on_the_shop(params: dict):
+    """The kNN-cosine candidate fitted directly on the same whole-window baskets training uses."""
+    return fitted_on_the_shop("knn_cosine", params)
 
 
 def test_a_candidate_variant_serves_its_family_lists_once_a_retrain_staged_them(
@@ -140,6 +146,34 @@ def test_a_candidate_variant_ranks_the_cart_with_its_own_lists_and_popularity(
     assert answer["fallback"] is None
     assert skus(answer, "cross_sell") == expected
     assert skus(cart("current"), "cross_sell") != expected
+
+
+def test_softmax_lists_keep_their_negative_weights_for_carts_and_bought_together_shows_the_positive_ones(
+        client, admin, storefront, segmentation_app, shop):
+    variants = [{"name": "current", "weight": 1}, {"name": "softmax", "weight": 1}]
+    units = unit_per_variant(create(client, admin, variants=variants).json["experiment_id"], variants)
+    cart_units = unit_per_variant(create(client, admin, surface="cart", variants=variants).json["experiment_id"],
+                                  variants)
+    run = retrain_now(segmentation_app.config, as_of=AS_OF)
+    assert run.status == "published", run.reason
+    recommender.reset()
+    model, all_skus = fitted_on_the_shop("softmax", run.metrics["model_selection"]["variants_staged"]["softmax"]["params"])
+
+    anchor = all_skus.index("PHN-1")
+    items, scores = model.neighbor_list(anchor)
+    assert (scores < 0).any() and (scores > 0).any()
+    answer = client.get(f"/v1/items/PHN-1/bought-together?customer_id={units['softmax']}&limit=50",
+                        headers=storefront).json
+    assert answer["fallback"] is None
+    assert skus(answer) == [all_skus[item] for item, score in zip(items, scores) if score > 0]
+
+    # The cart sums every stored weight, the negative ones included, exactly as the fitted model scores it.
+    body = {"customer_id": cart_units["softmax"], "items": [{"sku": "PHN-1", "quantity": 1}], "limit": 8}
+    cart = client.post("/v1/cart/recommendations", json=body, headers=storefront).json
+    cart_scores = model.score_cart([anchor])
+    cart_scores[anchor] = -np.inf
+    expected = [all_skus[item] for item in sorted(range(len(all_skus)), key=lambda item: (-cart_scores[item], item))]
+    assert cart["fallback"] is None and skus(cart, "cross_sell") == expected[:8]
 
 
 def test_candidate_variants_only_where_they_can_serve_and_only_families_the_selection_scored(client, admin):

@@ -149,22 +149,33 @@ def test_completion_cases_take_each_item_out_of_each_order_of_two_or_more():
     assert sampled_missing.size == 3 and sampled_carts.shape == (3, 4)
 
 
-def test_softmax_serves_its_positive_weights_and_its_intercepts():
+def test_softmax_serves_its_strongest_weights_of_both_signs_and_its_intercepts():
     data = evaluation.synthetic_dense_accessories(n_baskets=1500, random_state=3)
-    model = SoftmaxCandidate(beta=1.0).fit(data["baskets"], data["times"])
-    regression = LogisticRegression(C=10.0, max_iter=100).fit(*completion_cases(binary_baskets(data["baskets"]), 20_000))
+    model = SoftmaxCandidate(beta=1.0, n_neighbours=5).fit(data["baskets"], data["times"])
+    cases = completion_cases(binary_baskets(data["baskets"]), 50_000)
+    regression = LogisticRegression(C=10.0, max_iter=100).fit(*cases)
     weights = regression.coef_.T.copy()
     np.fill_diagonal(weights, 0.0)
-    np.testing.assert_allclose(model.scores_.toarray(), np.where(weights > 0, weights, 0.0), rtol=1e-6, atol=1e-9)
+    # Each row keeps its 5 largest positive and its 5 most negative weights.
+    stored = model.scores_.toarray()
+    for row in range(40):
+        positive = np.sort(weights[row][weights[row] > 0])[::-1][:5]
+        negative = np.sort(weights[row][weights[row] < 0])[:5]
+        np.testing.assert_allclose(np.sort(stored[row][stored[row] > 0])[::-1], positive, rtol=1e-6)
+        np.testing.assert_allclose(np.sort(stored[row][stored[row] < 0]), negative, rtol=1e-6)
+    assert (stored < 0).any()
     order = np.lexsort((np.arange(40), -regression.intercept_))
     np.testing.assert_array_equal(model.popular_items_, order)
     np.testing.assert_allclose(model.popular_scores_, regression.intercept_[order] - regression.intercept_.min())
-    # A pair never bought together only ever lowers the weight: every stored pair has orders to name in a reason.
+    # What training stores is what was fitted, negatives included; for-you reads the positive lists only.
+    assert (model.stored_lists(5) != model.scores_).nnz == 0
+    assert model.top_neighbours(5).data.min() > 0
+    # A positive weight never comes without orders together: reasons name real evidence.
     naive_bayes = NaiveBayesCandidate().fit(data["baskets"], data["times"])
     for fitted in (model, naive_bayes):
-        together = pair_counts(binary_baskets(data["baskets"]), fitted.scores_)
-        assert together.nnz == fitted.scores_.nnz and together.data.min() >= 1
-
+        positive = fitted.top_neighbours(50)
+        together = pair_counts(binary_baskets(data["baskets"]), positive)
+        assert together.nnz == positive.nnz and together.data.min() >= 1
 
 def test_score_cart_sums_the_rows_and_the_popularity_blend():
     model = ConditionalProbabilityCandidate(beta=2.0).fit(BASKETS)

@@ -152,8 +152,9 @@ def test_a_catalogue_above_the_softmax_cap_skips_it_and_says_so():
     baskets, times = staple_shop(n_baskets=1200, n_items=80)
     _model, report = select_model(baskets, times, SelectionSettings(softmax_max_items=50, ease_l2_ratios=(0.3,)))
     assert "softmax" not in {row["name"] for row in report["candidates"]}
-    assert report["skipped"] == [{"name": "softmax", "params": {"beta": 1.0, "C": 10.0},
-                                  "why": "80 items, above SELECTION_SOFTMAX_MAX_ITEMS (50)"}]
+    assert report["skipped"] == [
+        {"name": "softmax", "params": {"beta": 1.0, "C": inverse_l2}, "why": "80 items, above SELECTION_SOFTMAX_MAX_ITEMS (50)"}
+        for inverse_l2 in (0.3, 10.0)]
 
 
 def test_too_few_cases_keep_the_default_and_say_so():
