@@ -64,10 +64,10 @@ class SelectionSettings:
     default_margin_se: float = 1.0
     ease_max_items: int = 4000
     # Multinomial logistic regression (cart -> missing item) on catalogues up to softmax_max_items skus. A fit
-    # costs cases x items x iterations (on a quiet machine about 3 s at 100 skus and 28,000 cases, 11-15 s at
-    # the cap, 200 skus and 50,000 cases); C = 10 won
-    # on a dense accessory catalogue, 0.3 on a café (with its negative weights). No cap above 200: on the
-    # 300-sku repeat-purchase shape sampled cases left it 17 % below naive Bayes for twice the time.
+    # costs cases x items x iterations: on a quiet machine about 3 s at 100 skus and 28,000 cases, 11-15 s at
+    # the cap (200 skus, 50,000 cases). C = 10 won on a dense accessory catalogue, 0.3 on a café (with its
+    # negative weights). No cap above 200: on the 300-sku repeat-purchase shape sampled cases left it 17 %
+    # below naive Bayes for twice the time.
     softmax_cs: tuple = (0.3, 10.0)
     softmax_max_items: int = 200
     # Blends of the best blend_members single models (one per family), weights searched on a seeded
