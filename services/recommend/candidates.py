@@ -46,6 +46,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
 from services.recommend.cooccurrence import CartScoring, CoPurchaseModel, InvalidBasketsError, top_n_per_row
+from services.recommend.evaluation import every_item_case_entries
 from services.recommend.cooccurrence import binary_baskets as cooccurrence_binary_baskets
 from services.recommend.popularity import decay_weights
 
@@ -179,6 +180,9 @@ class NeighbourCandidate(BaseEstimator):
 
     def _scale_and_weight(self, raw, popularity):
         """(scale, beta): the typical strongest neighbour score, and the popularity weight on that scale."""
+        if self.prior_in_own_unit:
+            # Lists and prior already share one unit (naive Bayes, softmax): no common scale to put them on.
+            return 1.0, max(float(self.beta), TIE_BREAK_WEIGHT)
         row_max = np.asarray(raw.max(axis=1).todense()).ravel()
         weights = self.item_counts_ * (row_max > 0)
         scale = float(row_max @ weights / weights.sum()) if weights.sum() > 0 else 1.0
@@ -339,9 +343,6 @@ class NaiveBayesCandidate(NeighbourCandidate):
 
         return blocked_pair_scores(matrix, pointwise_mutual_information, self.n_neighbours)
 
-    def _scale_and_weight(self, raw, popularity):
-        return 1.0, max(float(self.beta), TIE_BREAK_WEIGHT)
-
     def _fit_neighbours(self, neighbour_matrix):
         super()._fit_neighbours(neighbour_matrix)
         self.popular_scores_ = log_popularity_scores(self.popularity_[self.popular_items_])
@@ -404,9 +405,6 @@ class SoftmaxCandidate(NeighbourCandidate):
     def _pruned(self, neighbour_matrix) -> sp.csr_matrix:
         return neighbour_matrix
 
-    def _scale_and_weight(self, raw, popularity):
-        return 1.0, max(float(self.beta), TIE_BREAK_WEIGHT)
-
     def _fit_neighbours(self, neighbour_matrix):
         super()._fit_neighbours(neighbour_matrix)
         order = np.lexsort((np.arange(self.n_items_), -self.intercepts_))[: self.n_popular]
@@ -417,12 +415,7 @@ class SoftmaxCandidate(NeighbourCandidate):
 
 def completion_cases(matrix: sp.csr_matrix, max_cases: int, random_state=0) -> tuple[sp.csr_matrix, np.ndarray]:
     """(carts, missing item): every order of 2+ items with one item taken out, a seeded sample of max_cases."""
-    lengths = np.diff(matrix.indptr)
-    entry_rows = np.repeat(np.arange(lengths.size), lengths)
-    case_entries = np.flatnonzero(lengths[entry_rows] >= 2)
-    if case_entries.size > max_cases:
-        case_entries = np.sort(np.random.default_rng(random_state).choice(case_entries, max_cases, replace=False))
-    case_orders = entry_rows[case_entries]
+    case_orders, case_entries = every_item_case_entries(matrix, max_cases, random_state)
     missing = matrix.indices[case_entries]
     # Each case's whole order, less the missing item.
     orders = sp.csr_matrix((np.ones(case_orders.size), (np.arange(case_orders.size), case_orders)),

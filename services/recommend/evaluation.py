@@ -78,6 +78,18 @@ def leave_one_out_cases(baskets, basket_indices, seed=42, min_items=2) -> list:
     return cases_from_entries(rows, eligible, hidden_entries, basket_indices)
 
 
+def every_item_case_entries(rows: sp.csr_matrix, max_cases: int, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+    """(row, entry) of every case hiding one entry of a row of 2+ items, in row then entry order; a seeded
+    sample of at most max_cases (selection's validation cases and the softmax candidate's training cases)."""
+    lengths = np.diff(rows.indptr)
+    entry_rows = np.repeat(np.arange(lengths.size), lengths)
+    case_entries = np.flatnonzero(lengths[entry_rows] >= 2)
+    if case_entries.size > max_cases:
+        picks = np.random.default_rng(seed).choice(case_entries.size, max_cases, replace=False)
+        case_entries = case_entries[np.sort(picks)]
+    return entry_rows[case_entries], case_entries
+
+
 def cases_from_entries(rows: sp.csr_matrix, cart_rows, hidden_entries, basket_indices) -> list:
     """CartTestCases hiding entry hidden_entries[k] of row cart_rows[k] of rows (basket_rows' output)."""
     cart_rows = np.asarray(cart_rows, dtype=np.int64)

@@ -40,7 +40,7 @@ from services.recommend.candidates import (
     candidate_spec,
     default_candidate,
 )
-from services.recommend.evaluation import basket_rows, cases_from_entries, time_ordered_split
+from services.recommend.evaluation import basket_rows, cases_from_entries, every_item_case_entries, time_ordered_split
 
 K = 10
 
@@ -134,14 +134,8 @@ def sampled_cases(baskets, basket_indices, max_cases: int, seed: int = 42) -> li
     """
     basket_indices = np.asarray(basket_indices).reshape(-1)
     rows = basket_rows(baskets, basket_indices)
-    lengths = np.diff(rows.indptr)
-    # Case k hides the k-th entry of the baskets with 2+ items, in basket order then item order.
-    entry_rows = np.repeat(np.arange(lengths.size), lengths)
-    case_entries = np.flatnonzero(lengths[entry_rows] >= 2)
-    if case_entries.size > max_cases:
-        case_entries = case_entries[np.sort(np.random.default_rng(seed).choice(case_entries.size, max_cases,
-                                                                               replace=False))]
-    return cases_from_entries(rows, entry_rows[case_entries], case_entries, basket_indices)
+    case_rows, case_entries = every_item_case_entries(rows, max_cases, seed)
+    return cases_from_entries(rows, case_rows, case_entries, basket_indices)
 
 
 def cases_as_matrix(cases, n_items: int) -> tuple[sp.csr_matrix, np.ndarray]:
