@@ -32,7 +32,7 @@ DEFAULTS: dict[str, object] = {
     "RETRAIN_MAX_RETRIES": 6,
     "RETRAIN_RETRY_BACKOFF_MAX": 60,
     "SCORING_SHARD_SIZE": 200_000,
-    # Customers per for-you training shard (one Celery task each); 0: the same as SCORING_SHARD_SIZE.
+    # Customers per training shard (a line-reading and a for-you Celery task each); 0: the same as SCORING_SHARD_SIZE.
     "TRAINING_SHARD_SIZE": 0,
     "PUBLISH_TOLERANCE": 0.02,
     # Per-shop choice of the cart model at every retrain (services/recommend/selection.py).

@@ -15,7 +15,14 @@ from pathlib import Path
 
 from sqlalchemy import DateTime, String, delete, func, insert, literal, or_, select
 
-from services.recommend.training import publish_version, train_for_you_shard, train_models, warm_cache
+from services.recommend.training import (
+    drop_line_shards,
+    publish_version,
+    stage_line_shard,
+    train_for_you_shard,
+    train_models,
+    warm_cache,
+)
 from services.segmentation.console import aggregates as console_aggregates
 from services.segmentation.scoring import CustomerScorer
 from services.segmentation.snapshot import (
@@ -40,6 +47,8 @@ SCORER_TTL_SECONDS = 86_400
 KEEP_PUBLISHED_RUNS = 3
 SCORE_STEP = "score_customers"
 TRAIN_MODELS_STEP = "train_models"
+# The line-reading fan-out as a whole (wall time, lines); each shard is a step of its own, LINES_STEP_nnn.
+LINES_STEP = "train_lines"
 # The for-you fan-out as a whole (wall time, customers); each shard is a step of its own, FOR_YOU_STEP_nnn.
 FOR_YOU_STEP = "train_for_you"
 
@@ -206,16 +215,57 @@ def step_score_all(run_id: str, shards: list[tuple[str | None, str | None]]) -> 
     return written
 
 
-def step_train_models(run_id: str, config: dict) -> dict:
-    """Train the recommendation models and stage the shared lists and the for-you inputs under the run's version."""
+def lines_step_name(index: int) -> str:
+    """The run-record step of one line shard: train_lines_001, train_lines_002, ..."""
+    return f"{LINES_STEP}_{index + 1:03d}"
+
+
+def step_train_line_shard(run_id: str, config: dict, index: int, low: str | None, high: str | None) -> int:
+    """Read and stage the paid lines of customers with ids in [low, high) for train_models (idempotent)."""
+    run = runs.get_run(run_id)
+    with runs.timed_step(run_id, lines_step_name(index)) as info:
+        reset_peak_memory()
+        cpu_started = time.process_time()
+        shard = stage_line_shard(run_id, index, run.as_of, config, low, high)
+        info["rows"] = shard.order_lines
+        info["detail"] = {"low": low, "high": high, "orders": len(shard.basket_times), "customers": shard.customers,
+                          "peak_rss_mb": peak_memory_mb(), "cpu_seconds": round(time.process_time() - cpu_started, 3)}
+    runs.record_step_progress(run_id, LINES_STEP, shard_label(low, high))
+    return info["rows"]
+
+
+def finish_line_shards(run_id: str, shard_count: int) -> int:
+    """Close the line-reading fan-out: its wall time to its last shard, and the lines its shards read."""
+    run = runs.get_run(run_id)
+    shard_steps = [step for step in run.steps if step["name"].startswith(LINES_STEP + "_")]
+    rows = sum(step["rows"] or 0 for step in shard_steps if step["status"] == "succeeded")
+    last_shard = runs.step_updated_at(run, LINES_STEP) if shard_count else None
+    close_fan_out(run_id, LINES_STEP, rows, shard_count, ended_at=last_shard)
+    return rows
+
+
+def step_train_line_shards_all(run_id: str, config: dict, shards: list[tuple[str | None, str | None]]) -> int:
+    """Every line shard in this process, one after another (the synchronous path)."""
+    runs.start_step(run_id, LINES_STEP, {"shards": len(shards)})
+    for index, (low, high) in enumerate(shards):
+        step_train_line_shard(run_id, config, index, low, high)
+    return finish_line_shards(run_id, len(shards))
+
+
+def step_train_models(run_id: str, config: dict, shards: list | None = None) -> dict:
+    """Train the recommendation models and stage the shared lists and the for-you inputs under the run's version.
+
+    shards: the customer-id ranges whose line shards were staged (None: every line read here).
+    """
     run = runs.get_run(run_id)
     with runs.timed_step(run_id, TRAIN_MODELS_STEP) as info:
         reset_peak_memory()
         cpu_started = time.process_time()
-        metrics = train_models(run_id, run.as_of, config)
+        metrics = train_models(run_id, run.as_of, config, [tuple(shard) for shard in shards] if shards else None)
         info["rows"] = metrics.get("order_lines")
         info["detail"] = {key: value for key, value in metrics.items() if not isinstance(value, dict)}
         info["detail"].update(peak_rss_mb=peak_memory_mb(), cpu_seconds=round(time.process_time() - cpu_started, 3))
+    drop_line_shards(run_id, len(shards or []))
     lines_quarantined = metrics.pop("quarantine", None)
     if lines_quarantined and lines_quarantined["count"]:
         log.warning("order lines quarantined", extra={"run_id": run_id, "reasons": lines_quarantined["reasons"]})
@@ -463,9 +513,12 @@ def retrain_now(config: dict, as_of: datetime | None = None, trigger: str = "man
     try:
         shards = step_snapshot(run.run_id, config)
         step_fit(run.run_id, config)
+        # The line shards read the published run's tiers, not this run's scores: the order is the workflow's.
+        line_shards = training_shards(config)
+        step_train_line_shards_all(run.run_id, config, line_shards)
         step_score_all(run.run_id, shards)
-        step_train_models(run.run_id, config)
-        step_train_for_you_all(run.run_id, config, training_shards(config))
+        step_train_models(run.run_id, config, line_shards)
+        step_train_for_you_all(run.run_id, config, line_shards)
         finished = step_evaluate_and_publish(run.run_id, config)
     except BaseException as error:
         fail_run(run.run_id, config, error)

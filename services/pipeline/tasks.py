@@ -1,10 +1,13 @@
 """Celery tasks of the retrain workflow: thin wrappers that pass run ids and call services/pipeline/retrain.py.
 
-prepare (snapshot + fit) -> chord(train_models, score_shard per customer-id range) -> finish_scoring
--> fan_out_for_you -> chord(train_for_you_shard per customer-id range) -> finish_for_you -> publish, with
-mark_failed as the error callback of every task (Celery carries link_error through `replace` into the
-chord's header and body). train_models reads the published run's tiers, never this run's scores, so it
-runs beside the scoring shards: with two or more worker processes the longest serial step overlaps them.
+prepare (snapshot + fit) -> chord(train_line_shard per customer-id range) -> fan_out_training ->
+chord(train_models, score_shard per customer-id range) -> finish_scoring -> fan_out_for_you ->
+chord(train_for_you_shard per customer-id range) -> finish_for_you -> publish, with mark_failed as the
+error callback of every task (Celery carries link_error through `replace` into the chord's header and
+body). The line shards are the map step of training: each reads its customers' paid lines into compact
+arrays kept in Redis, and train_models joins them, so no process holds the text of the whole shop's
+lines. train_models reads the published run's tiers, never this run's scores, so it runs beside the
+scoring shards: with two or more worker processes the longest serial step overlaps them.
 
 Every task is idempotent (it rewrites what it owns under the run id, and does nothing once the run
 has ended) and declared with `segrec_task`: it acks late so a task whose worker process dies is
@@ -52,18 +55,44 @@ def launch_workflow(run_id: str) -> None:
 
 @segrec_task("segrec.retrain.prepare")
 def prepare(self, run_id: str):
-    """Snapshot and fit on everyone, then fan out the model training and one scoring task per customer-id shard."""
+    """Snapshot and fit on everyone, then fan out one line-reading task per customer-id shard."""
     config = segrec_config()
     if not retrain.still_running(run_id, config):
         return None
     shards = retrain.step_snapshot(run_id, config)
     retrain.step_fit(run_id, config)
+    line_shards = retrain.training_shards(config)
+    # The line-reading fan-out is recorded as running from here; train_models closes it with the wall time.
+    runs.start_step(run_id, retrain.LINES_STEP, {"shards": len(line_shards)})
+    after_lines = fan_out_training.si(run_id, line_shards, shards)
+    if not line_shards:
+        return self.replace(after_lines)
+    return self.replace(chord(group(train_line_shard.si(run_id, index, low, high)
+                                    for index, (low, high) in enumerate(line_shards)), after_lines))
+
+
+@segrec_task("segrec.retrain.fan_out_training")
+def fan_out_training(self, run_id: str, line_shards: list, shards: list):
+    """train_models beside one scoring task per customer-id shard, then the for-you fan-out.
+
+    train_models is first in the group, so a free worker process takes the longest task first and the
+    others score while it trains (it reads the published run's tiers, never this run's scores).
+    """
+    if not retrain.still_running(run_id, segrec_config()):
+        return None
     # The score step is recorded as running from here; finish_scoring closes it with the wall time.
     runs.start_step(run_id, retrain.SCORE_STEP, {"shards": len(shards)})
-    # First in the group, so a free worker process takes the longest task first.
-    header = [train_models.si(run_id)] + [score_shard.si(run_id, low, high) for low, high in shards]
+    header = [train_models.si(run_id, line_shards)] + [score_shard.si(run_id, low, high) for low, high in shards]
     return self.replace(chord(group(header), chain(finish_scoring.si(run_id, len(shards)),
                                                    fan_out_for_you.si(run_id))))
+
+
+@segrec_task("segrec.retrain.train_line_shard")
+def train_line_shard(self, run_id: str, index: int, low: str | None, high: str | None) -> int:
+    """Read one customer-id range's paid lines into a staged shard for train_models (rewrites its own key)."""
+    if not retrain.still_running(run_id, segrec_config()):
+        return 0
+    return retrain.step_train_line_shard(run_id, segrec_config(), index, low, high)
 
 
 @segrec_task("segrec.retrain.score_shard")
@@ -83,12 +112,13 @@ def finish_scoring(self, run_id: str, shard_count: int) -> int | None:
 
 
 @segrec_task("segrec.retrain.train_models")
-def train_models(self, run_id: str) -> int | None:
-    """Train the models and stage the shared lists and for-you inputs under the run's version; returns lines."""
+def train_models(self, run_id: str, line_shards: list | None = None) -> int | None:
+    """Join the line shards, train the models and stage the shared lists and for-you inputs; returns lines."""
     config = segrec_config()
     if not retrain.still_running(run_id, config):
         return None
-    return retrain.step_train_models(run_id, config).get("order_lines")
+    retrain.finish_line_shards(run_id, len(line_shards or []))
+    return retrain.step_train_models(run_id, config, line_shards).get("order_lines")
 
 
 @segrec_task("segrec.retrain.fan_out_for_you")

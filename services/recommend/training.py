@@ -29,6 +29,14 @@ from services.recommend.candidates import binary_baskets, pair_counts
 from services.recommend.evaluation import evaluate_against_popularity, split_and_cases
 from services.recommend.experiments import candidate_families_in_use
 from services.recommend.foryou import ForYouModel, Neighbourhood
+from services.recommend.lines import (
+    LineShard,
+    TrainingData,
+    catalogue_key,
+    customer_tiers,
+    load_order_lines,
+    read_line_shard,
+)
 from services.recommend.model_families import best_rows_by_family
 from services.recommend.popularity import popularity_by_group, trending_scores
 from services.recommend.selection import SelectionSettings, candidate_from_row, evaluate_fitted, select_model
@@ -46,7 +54,7 @@ from services.recommend.store import (
     variant_key_prefix,
 )
 from shared.extensions import db, redis_store, reply_text
-from shared.frames import id_range_condition, read_frame, write_frame
+from shared.frames import read_frame, write_frame
 from shared.limits import TimeRules
 from shared.models import RecommendationList, Run
 from shared.quarantine import quarantine_order_lines
@@ -58,28 +66,9 @@ NEIGHBOURS_STORED = 50
 POPULAR_STORED = 200
 FOR_YOU_STORED = 20
 MAX_EVALUATION_CASES = 5000
-EPOCH = np.datetime64("1970-01-01")
-
-ORDER_LINES_SQL = """
-SELECT o.order_id, o.customer_id, o.placed_at, l.sku, l.quantity * l.unit_price AS revenue
-FROM order_lines l JOIN orders o ON o.order_id = l.order_id
-WHERE o.status = 'paid' AND o.placed_at <= :as_of
-"""
-# A shard's lines on PostgreSQL: each order's lines by the order_lines primary key. Given the join above, the
-# planner hashes the shard's orders and scans every order line of the shop (at 1M customers, 2.4 s in three
-# processes for a shard of 25,000 customers, 40 shards a night); this reads only the shard's lines (0.4-0.9 s
-# in one process). OFFSET 0 keeps the subquery from being flattened back into that join.
-SHARD_ORDER_LINES_SQL = """
-SELECT o.order_id, o.customer_id, o.placed_at, l.sku, l.quantity * l.unit_price AS revenue
-FROM orders o CROSS JOIN LATERAL (
-    SELECT sku, quantity, unit_price FROM order_lines WHERE order_lines.order_id = o.order_id OFFSET 0
-) l
-WHERE o.status = 'paid' AND o.placed_at <= :as_of
-"""
 CATALOGUE_SQL = """
 SELECT sku, name, category, price, cost, stock, active, repeat_purchase, placeholder FROM products ORDER BY sku
 """
-TIERS_SQL = "SELECT customer_id, tier FROM customer_scores WHERE run_id = :run_id"
 # What the for-you shards read back (the run's chosen neighbour lists and shop-wide priors) outlives
 # the run's retries by far; a day, like the fitted customer scorer.
 FOR_YOU_INPUTS_TTL_SECONDS = 86_400
@@ -103,16 +92,6 @@ def load_catalogue(engine) -> pd.DataFrame:
     return catalogue.reset_index(drop=True)
 
 
-def load_order_lines(engine, as_of: datetime, low: str | None = None, high: str | None = None) -> pd.DataFrame:
-    """Paid order lines up to as_of (of the customers with ids in [low, high), when given)."""
-    condition, params = id_range_condition("o.customer_id", low, high)
-    # SQLite has no LATERAL, and its planner already walks the primary key per order.
-    by_order = bool(params) and engine.dialect.name == "postgresql"
-    query = (SHARD_ORDER_LINES_SQL if by_order else ORDER_LINES_SQL) + condition
-    return read_frame(engine, query, {"as_of": as_of, **params}, date_columns=("placed_at",),
-                      dtypes={"order_id": str, "customer_id": str, "sku": str}, date_errors="coerce")
-
-
 def customer_item_matrix(customer_codes: np.ndarray, items: np.ndarray, n_customers: int,
                          n_items: int) -> sp.csr_matrix:
     """Customers x items line counts (one built the same way for the whole shop and for each shard)."""
@@ -120,32 +99,6 @@ def customer_item_matrix(customer_codes: np.ndarray, items: np.ndarray, n_custom
     matrix = sp.csr_matrix((presence, (customer_codes, items)), shape=(n_customers, n_items))
     matrix.sum_duplicates()
     return matrix
-
-
-class TrainingData:
-    """Order lines turned into the matrices the models take."""
-
-    def __init__(self, lines: pd.DataFrame, catalogue: pd.DataFrame) -> None:
-        item_index = pd.Index(catalogue["sku"])
-        items = item_index.get_indexer(lines["sku"])
-        known = items >= 0
-        lines = lines[known]
-        items = items[known]
-        order_codes, self.order_ids = pd.factorize(lines["order_id"], sort=False)
-        customer_codes, self.customer_ids = pd.factorize(lines["customer_id"], sort=True)
-        self.n_items = len(catalogue)
-        presence = np.ones(len(lines), dtype=np.float32)
-        self.baskets = sp.csr_matrix((presence, (order_codes, items)), shape=(len(self.order_ids), self.n_items))
-        self.baskets.sum_duplicates()
-        self.baskets.data[:] = 1.0
-        placed_days = (lines["placed_at"].to_numpy(dtype="datetime64[s]") - EPOCH) / np.timedelta64(1, "D")
-        self.basket_times = np.zeros(len(self.order_ids))
-        self.basket_times[order_codes] = placed_days
-        self.basket_customers = np.zeros(len(self.order_ids), dtype=np.int64)
-        self.basket_customers[order_codes] = customer_codes
-        self.customer_items = customer_item_matrix(customer_codes, items, len(self.customer_ids), self.n_items)
-        self.revenue = np.bincount(items, weights=lines["revenue"].to_numpy(dtype=float), minlength=self.n_items)
-        self.order_lines = len(lines)
 
 
 def select_and_evaluate(data: TrainingData, config: dict, current_choice: dict | None = None):
@@ -321,27 +274,17 @@ def _stage_variant(version: str, family: str, candidate, chosen, data: TrainingD
     return "own"
 
 
-def customer_tiers(run_id: str, customer_ids: pd.Index, low: str | None = None,
-                   high: str | None = None) -> np.ndarray:
-    """Each customer's tier in scoring run `run_id` (regular when unscored); ids in [low, high) when given."""
-    condition, params = id_range_condition("customer_id", low, high)
-    tiers = read_frame(db.engine, TIERS_SQL + condition, {"run_id": run_id, **params},
-                       dtypes={"customer_id": str, "tier": str})
-    tier_of_customer = pd.Series(tiers["tier"].to_numpy(), index=tiers["customer_id"])
-    return tier_of_customer.reindex(customer_ids).fillna("regular").to_numpy()
-
-
 def _tier_popularity(data: TrainingData) -> dict:
-    """Popular items per tier (tiers from the current scoring run)."""
-    run_id = current_run_id()
-    if run_id is None or data.baskets.shape[0] == 0:
+    """Popular items per tier (tiers from the scoring run the line shards read next to)."""
+    if not data.tier_run or data.baskets.shape[0] == 0:
         return {}
-    tier_codes, tier_names = pd.factorize(customer_tiers(run_id, data.customer_ids))
-    by_tier = popularity_by_group(data.baskets, tier_codes[data.basket_customers], n_groups=len(tier_names))
+    by_tier = popularity_by_group(data.baskets, data.basket_tiers, n_groups=len(CUSTOMER_TIERS))
     popular = {}
-    for code, name in enumerate(tier_names):
+    for code, name in enumerate(CUSTOMER_TIERS):
+        if not by_tier[code].any():
+            continue  # no orders from customers of this tier
         ranked = np.lexsort((np.arange(by_tier.shape[1]), -by_tier[code]))[:POPULAR_STORED]
-        popular[str(name)] = [int(item) for item in ranked if by_tier[code, item] > 0]
+        popular[name] = [int(item) for item in ranked if by_tier[code, item] > 0]
     return popular
 
 
@@ -409,11 +352,11 @@ def load_for_you_inputs(version: str) -> ForYouInputs:
 def _for_you_inputs(data: TrainingData, catalogue: pd.DataFrame, chosen_model) -> ForYouInputs:
     """The neighbour lists and priors for-you is ranked with, learned on the whole shop."""
     skus = catalogue["sku"].to_numpy(dtype=str)
-    if len(data.customer_ids) == 0:
+    if data.n_customers == 0:
         return ForYouInputs.empty(skus)
     # 20 neighbours and 20 backfill candidates per customer keep 1M customers within the nightly budget;
     # on the groceries next-basket holdout the default 50/50 was no better (tests/perf/groceries_eval.py).
-    customer_share = np.asarray((data.customer_items > 0).sum(axis=0)).ravel() / len(data.customer_ids)
+    customer_share = data.item_customers / data.n_customers
     weight = chosen_model.popularity_weight_ / max(float(customer_share.max()), 1e-12)
     return ForYouInputs(
         skus=skus,
@@ -422,35 +365,77 @@ def _for_you_inputs(data: TrainingData, catalogue: pd.DataFrame, chosen_model) -
         popularity_weight=float(weight),
         repeat=catalogue["repeat_purchase"].to_numpy(dtype=bool),
         available=(catalogue["active"] & ~catalogue["placeholder"]).to_numpy(dtype=bool),
-        tier_run=current_run_id() or "",
+        tier_run=data.tier_run,
     )
 
 
-def _load_training_inputs(as_of: datetime, config: dict) -> tuple[pd.DataFrame, pd.DataFrame, dict, float]:
-    """(catalogue, usable paid lines, quarantine report, seconds taken)."""
-    started = time.perf_counter()
-    catalogue = load_catalogue(db.engine)
-    lines, quarantined = quarantine_order_lines(load_order_lines(db.engine, as_of), as_of,
-                                                TimeRules.from_config(config).min_date)
-    return catalogue, lines, quarantined, time.perf_counter() - started
+def line_shard_key(version: str, index: int) -> str:
+    """Redis key of one staged line shard of a version (by reference: tasks carry only ids and ranges)."""
+    return redis_store.key("run", version, "lines", str(index))
 
 
-def train_models(run_id: str, as_of: datetime, config: dict) -> dict:
+def stage_line_shard(version: str, index: int, as_of: datetime, config: dict, low: str | None,
+                     high: str | None) -> LineShard:
+    """Read the lines of the customers with ids in [low, high) and keep them in Redis for train_models.
+
+    Idempotent: a retry rewrites the same key. Tiers come from the published run, as train_models' do.
+    """
+    skus = pd.Index(load_catalogue(db.engine)["sku"])
+    shard = read_line_shard(as_of, TimeRules.from_config(config).min_date, skus, current_run_id() or "", low, high)
+    redis_store.client.set(line_shard_key(version, index), shard.to_bytes(), ex=FOR_YOU_INPUTS_TTL_SECONDS)
+    return shard
+
+
+def collect_line_shards(version: str, as_of: datetime, config: dict, skus: pd.Index,
+                        boundaries: list | None) -> list[LineShard]:
+    """The line shards of `boundaries` as staged; one missing, or staged against another catalogue or
+    published run, is read again here (so a lost shard costs its own read, not the run).
+
+    boundaries None: every customer's lines in one shard read here, nothing staged.
+    """
+    min_date = TimeRules.from_config(config).min_date
+    tier_run = current_run_id() or ""
+    if boundaries is None:
+        return [read_line_shard(as_of, min_date, skus, tier_run)]
+    expected = catalogue_key(skus)
+    shards = []
+    for index, (low, high) in enumerate(boundaries):
+        payload = redis_store.client.get(line_shard_key(version, index))
+        shard = LineShard.from_bytes(payload) if payload is not None else None
+        if shard is None or shard.catalogue_key != expected or shard.tier_run != tier_run:
+            log.info("line shard read again", extra={"version": version, "index": index,
+                                                     "staged": shard is not None})
+            shard = read_line_shard(as_of, min_date, skus, tier_run, low, high)
+        shards.append(shard)
+    return shards
+
+
+def drop_line_shards(version: str, count: int) -> None:
+    """Forget a version's staged line shards once train_models has used them."""
+    if count:
+        redis_store.client.delete(*(line_shard_key(version, index) for index in range(count)))
+
+
+def train_models(run_id: str, as_of: datetime, config: dict, boundaries: list | None = None) -> dict:
     """Train on paid orders up to as_of and stage the shared lists under version `run_id` (not yet served).
 
-    Stages the catalogue, neighbour lists and bundles, the candidate variants that experiments name
-    (`stage_variants`), and the for-you inputs that the per-customer shards (`train_for_you_shard`)
-    read; the per-customer lists are theirs to write.
+    Joins the line shards of the customer-id ranges `boundaries` (staged by `stage_line_shard`; None:
+    read here in one shard). Stages the catalogue, neighbour lists and bundles, the candidate variants
+    that experiments name (`stage_variants`), and the for-you inputs that the per-customer shards
+    (`train_for_you_shard`) read; the per-customer lists are theirs to write.
     """
     timings: dict[str, float] = {}
-    catalogue, lines, quarantined, timings["load"] = _load_training_inputs(as_of, config)
+    step = time.perf_counter()
+    catalogue = load_catalogue(db.engine)
     if catalogue.empty:
         stage_empty_version(run_id)
         return {"order_lines": 0, "items": 0, "evaluation": {"skipped": "no products"}}
+    data = TrainingData(collect_line_shards(run_id, as_of, config, pd.Index(catalogue["sku"]), boundaries),
+                        len(catalogue))
+    quarantined = data.quarantine
+    timings["load"] = time.perf_counter() - step
 
     step = time.perf_counter()
-    data = TrainingData(lines, catalogue)
-    del lines
     if data.order_lines == 0:
         stage_empty_version(run_id, catalogue["sku"].to_numpy(dtype=str))
         return {"order_lines": 0, "items": int(data.n_items), "evaluation": {"skipped": "no paid orders"},
@@ -494,7 +479,7 @@ def train_models(run_id: str, as_of: datetime, config: dict) -> dict:
         "order_lines": int(data.order_lines),
         "orders": int(data.baskets.shape[0]),
         "items": int(data.n_items),
-        "customers": int(len(data.customer_ids)),
+        "customers": int(data.n_customers),
         "items_with_neighbours": len(neighbour_payloads),
         "bundles": len(bundles),
         "abc": {label: int((abc == label).sum()) for label in ("A", "B", "C")},

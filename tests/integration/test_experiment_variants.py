@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
+import pandas as pd
 import pytest
 from prometheus_client import REGISTRY
 
@@ -13,10 +14,12 @@ from services.recommend.candidates import candidate_from_spec
 from services.recommend.experiments import assign_variant
 from services.recommend.feedback import SERVED_STREAM, served_records, stream_key
 from services.recommend.model_families import best_rows_by_family
-from services.recommend.training import TrainingData, load_catalogue, load_order_lines
+from services.recommend.lines import TrainingData, read_line_shard
+from services.recommend.training import load_catalogue
 from services.recommend.views.recommendations import recommender
 from shared import runs
 from shared.extensions import db, redis_store
+from shared.limits import TimeRules
 from shared.redis_server import free_port
 from tests.factories import AS_OF
 
@@ -63,7 +66,8 @@ def fallbacks(reason: str) -> float:
 def fitted_on_the_shop(family: str, params: dict):
     """A candidate family fitted directly on the same whole-window baskets training uses."""
     catalogue = load_catalogue(db.engine)
-    data = TrainingData(load_order_lines(db.engine, AS_OF), catalogue)
+    skus = pd.Index(catalogue["sku"])
+    data = TrainingData([read_line_shard(AS_OF, TimeRules().min_date, skus, tier_run="")], len(skus))
     model = candidate_from_spec(family, params).fit(data.baskets, data.basket_times)
     return model, catalogue["sku"].tolist()
 

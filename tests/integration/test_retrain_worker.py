@@ -43,9 +43,12 @@ RUN_TIMEOUT = 60
 # Small shards so even a small shop fans out into several scoring tasks.
 SHARD_SIZE = 40
 DEMO_SHARD_SIZE = 250
-# The run's steps in the order they started; the for-you shards (train_for_you_001 ...) follow train_for_you.
-STEP_NAMES = ["snapshot", "fit_customer_models", "score_customers", "train_models", "train_for_you", "publish"]
+# The run's steps in the order they started; the line shards (train_lines_001 ...) follow train_lines, the
+# for-you shards (train_for_you_001 ...) train_for_you.
+STEP_NAMES = ["snapshot", "fit_customer_models", "train_lines", "score_customers", "train_models", "train_for_you",
+              "publish"]
 SHARD_STEP = "train_for_you_"
+LINES_SHARD_STEP = "train_lines_"
 
 WORKER_TESTS_ON_POSTGRES = ("worker fault tests run on PostgreSQL only (CI has it), to keep this file within "
                             "three minutes; SQLite runs the smoke test on workers")
@@ -267,7 +270,8 @@ def wait_for_run(run_id: str, workers: Workers, timeout: float = RUN_TIMEOUT, cl
         time.sleep(0.2)
 
 
-def wait_for_step(run_id: str, name: str, statuses=("running",), timeout: float = RUN_TIMEOUT) -> None:
+def wait_for_step(run_id: str, name: str, statuses=("running",), timeout: float = RUN_TIMEOUT,
+                  poll_seconds: float = 0.05) -> None:
     """Poll until a run's step is in one of `statuses`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -276,7 +280,7 @@ def wait_for_step(run_id: str, name: str, statuses=("running",), timeout: float 
             return
         if run.status in ENDED:
             raise AssertionError(f"run {run_id} ended ({run.status}, {run.reason}) before step {name} was {statuses}")
-        time.sleep(0.05)
+        time.sleep(poll_seconds)
     raise AssertionError(f"step {name} of run {run_id} was not {statuses} within {timeout} s")
 
 
@@ -371,10 +375,17 @@ def test_run_on_workers_publishes_with_history_metrics_and_logs(database_url, ma
     assert run["status"] == "published", run["reason"]
     assert run["current"] is True
     steps = {step["name"]: step for step in run["steps"]}
-    assert [name for name in steps if not name.startswith(SHARD_STEP)] == STEP_NAMES
+    assert [name for name in steps if not name.startswith((SHARD_STEP, LINES_SHARD_STEP))] == STEP_NAMES
     assert all(step["status"] == "succeeded" and step["seconds"] >= 0 for step in steps.values())
     assert steps["score_customers"]["rows"] == 120
     assert steps["score_customers"]["detail"]["shards"] == 3
+    # Training's map step: each line shard is a step of its own, with its seconds, lines and range, and
+    # train_models joins every line they read.
+    line_steps = [step for name, step in steps.items() if name.startswith(LINES_SHARD_STEP)]
+    assert sorted(step["name"] for step in line_steps) == ["train_lines_001", "train_lines_002", "train_lines_003"]
+    assert all(step["rows"] > 0 and "low" in step["detail"] for step in line_steps)
+    assert steps["train_lines"]["detail"]["shards"] == 3
+    assert steps["train_models"]["rows"] == steps["train_lines"]["rows"] == sum(step["rows"] for step in line_steps)
     assert steps["train_models"]["rows"] > 0
     # Each for-you shard is a step of its own, with its seconds, customers and range.
     shard_steps = [step for name, step in steps.items() if name.startswith(SHARD_STEP)]
@@ -416,7 +427,7 @@ def test_killed_pool_process_mid_run_resumes_or_fails_and_the_next_run_publishes
 
     run_id = start_run(client, admin)
     wait_for_step(run_id, "train_models")
-    # train_models runs beside the scoring shards: kill the process its step says runs it.
+    # Kill the process the train_models step says runs it.
     victim = step_process(run_id, "train_models")
     assert victim in workers.pool_processes()
     victim.send_signal(signal.SIGKILL)
@@ -676,8 +687,10 @@ def test_celery_and_in_process_runs_publish_the_same_lists_whatever_the_shards(d
     assert one_shard == three_shards
 
 
-def test_killed_pool_process_during_a_for_you_shard_publishes_the_undisturbed_lists(
-        database_url, make_app, start_workers):
+@pytest.mark.parametrize("shard_step, task", [("train_lines_002", "train_line_shard"),
+                                              ("train_for_you_002", "train_for_you_shard")])
+def test_killed_pool_process_during_a_training_shard_publishes_the_undisturbed_lists(
+        database_url, make_app, start_workers, shard_step, task):
     postgres_only(database_url)
     from shared.ingest import utcnow
 
@@ -691,24 +704,25 @@ def test_killed_pool_process_during_a_for_you_shard_publishes_the_undisturbed_li
     from services.pipeline.tasks import start_retrain
 
     disturbed_id = start_retrain.apply_async(kwargs={"trigger": "test", "as_of": as_of.isoformat()}).get(timeout=30)
-    wait_for_step(disturbed_id, "train_for_you_002")
+    # A line shard reads its customers' lines in a fraction of a second: poll often enough to catch it running.
+    wait_for_step(disturbed_id, shard_step, poll_seconds=0.005)
     victim = workers.pool_processes()[0]
     victim.send_signal(signal.SIGKILL)
     disturbed = wait_for_run(disturbed_id, workers)
     assert_ended_cleanly(disturbed)
     assert disturbed.status == "published", disturbed.reason
     received = [record["message"] for record in workers.log_records()
-                if record["message"].startswith("Task segrec.retrain.train_for_you_shard[")
-                and record["message"].endswith("received")]
-    assert len(received) > len(set(received)), "the SIGKILL did not hit a for-you shard"
+                if record["message"].startswith(f"Task segrec.retrain.{task}[") and record["message"].endswith("received")]
+    assert len(received) > len(set(received)), f"the SIGKILL did not hit a {task}"
 
     undisturbed = beat_run(workers, as_of)
     assert undisturbed.status == "published", undisturbed.reason
-    # Nothing counted twice: the redelivered shard rewrote its own customers, once.
+    # Nothing counted twice: the redelivered shard rewrote its own key or customers, once.
     steps = [{step["name"]: (step["status"], step["rows"]) for step in run.steps} for run in (disturbed, undisturbed)]
-    assert steps[0]["train_for_you"] == steps[1]["train_for_you"]
-    assert {name: value for name, value in steps[0].items() if name.startswith(SHARD_STEP)} == {
-        name: value for name, value in steps[1].items() if name.startswith(SHARD_STEP)}
+    for fan_out in ("train_lines", "train_models", "train_for_you"):
+        assert steps[0][fan_out] == steps[1][fan_out]
+    assert {name: value for name, value in steps[0].items() if name.startswith((SHARD_STEP, LINES_SHARD_STEP))} == {
+        name: value for name, value in steps[1].items() if name.startswith((SHARD_STEP, LINES_SHARD_STEP))}
     assert_same_lists(recommendation_lists_of(disturbed.run_id), recommendation_lists_of(undisturbed.run_id))
     disturbed_lists = customer_lists_of(disturbed.run_id)
     assert len(disturbed_lists) == disturbed.metrics["recommendations"]["customers"] > 0
