@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import pickle
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -215,33 +217,47 @@ def step_score_all(run_id: str, shards: list[tuple[str | None, str | None]]) -> 
     return written
 
 
-def lines_step_name(index: int) -> str:
-    """The run-record step of one line shard: train_lines_001, train_lines_002, ..."""
-    return f"{LINES_STEP}_{index + 1:03d}"
+def shard_step_name(fan_out: str, index: int) -> str:
+    """The run-record step of one shard of a fan-out: train_lines_001, train_for_you_002, ..."""
+    return f"{fan_out}_{index + 1:03d}"
+
+
+@contextmanager
+def shard_step(run_id: str, fan_out: str, index: int, low: str | None, high: str | None) -> Iterator[dict]:
+    """Record one shard of a fan-out as a step of its own (range, CPU seconds, peak memory), then as progress."""
+    with runs.timed_step(run_id, shard_step_name(fan_out, index)) as info:
+        reset_peak_memory()
+        cpu_started = time.process_time()
+        info["detail"] = {"low": low, "high": high}
+        yield info
+        # CPU seconds tell the shard's own work apart from waiting on a loaded machine.
+        info["detail"].update(peak_rss_mb=peak_memory_mb(), cpu_seconds=round(time.process_time() - cpu_started, 3))
+    runs.record_step_progress(run_id, fan_out, shard_label(low, high))
+
+
+def close_shard_fan_out(run_id: str, fan_out: str, shard_count: int, ended_at: datetime | None = None) -> int:
+    """Close a fan-out of shard steps: its wall time, and the rows its succeeded shards wrote (each shard once)."""
+    run = runs.get_run(run_id)
+    shard_steps = [step for step in run.steps if step["name"].startswith(fan_out + "_")]
+    rows = sum(step["rows"] or 0 for step in shard_steps if step["status"] == "succeeded")
+    close_fan_out(run_id, fan_out, rows, shard_count, ended_at=ended_at)
+    return rows
 
 
 def step_train_line_shard(run_id: str, config: dict, index: int, low: str | None, high: str | None) -> int:
     """Read and stage the paid lines of customers with ids in [low, high) for train_models (idempotent)."""
     run = runs.get_run(run_id)
-    with runs.timed_step(run_id, lines_step_name(index)) as info:
-        reset_peak_memory()
-        cpu_started = time.process_time()
+    with shard_step(run_id, LINES_STEP, index, low, high) as info:
         shard = stage_line_shard(run_id, index, run.as_of, config, low, high)
         info["rows"] = shard.order_lines
-        info["detail"] = {"low": low, "high": high, "orders": len(shard.basket_times), "customers": shard.customers,
-                          "peak_rss_mb": peak_memory_mb(), "cpu_seconds": round(time.process_time() - cpu_started, 3)}
-    runs.record_step_progress(run_id, LINES_STEP, shard_label(low, high))
+        info["detail"].update(orders=len(shard.basket_times), customers=shard.customers)
     return info["rows"]
 
 
 def finish_line_shards(run_id: str, shard_count: int) -> int:
-    """Close the line-reading fan-out: its wall time to its last shard, and the lines its shards read."""
-    run = runs.get_run(run_id)
-    shard_steps = [step for step in run.steps if step["name"].startswith(LINES_STEP + "_")]
-    rows = sum(step["rows"] or 0 for step in shard_steps if step["status"] == "succeeded")
-    last_shard = runs.step_updated_at(run, LINES_STEP) if shard_count else None
-    close_fan_out(run_id, LINES_STEP, rows, shard_count, ended_at=last_shard)
-    return rows
+    """Close the line-reading fan-out at its last shard (train_models, which closes it, starts later)."""
+    last_shard = runs.step_updated_at(runs.get_run(run_id), LINES_STEP) if shard_count else None
+    return close_shard_fan_out(run_id, LINES_STEP, shard_count, ended_at=last_shard)
 
 
 def step_train_line_shards_all(run_id: str, config: dict, shards: list[tuple[str | None, str | None]]) -> int:
@@ -305,32 +321,18 @@ def training_shards(config: dict) -> list[tuple[str | None, str | None]]:
     return shard_boundaries(db.engine, size)
 
 
-def for_you_step_name(index: int) -> str:
-    """The run-record step of one for-you shard: train_for_you_001, train_for_you_002, ..."""
-    return f"{FOR_YOU_STEP}_{index + 1:03d}"
-
-
 def step_train_for_you_shard(run_id: str, config: dict, index: int, low: str | None, high: str | None) -> int:
     """Rank and stage the for-you lists of customers with ids in [low, high) (a step of its own; idempotent)."""
     run = runs.get_run(run_id)
-    with runs.timed_step(run_id, for_you_step_name(index)) as info:
-        reset_peak_memory()
-        cpu_started = time.process_time()
+    with shard_step(run_id, FOR_YOU_STEP, index, low, high) as info:
         info["rows"] = train_for_you_shard(run_id, run.as_of, config, low, high)
-        # CPU seconds tell the shard's own work apart from waiting on a loaded machine.
-        info["detail"] = {"low": low, "high": high, "peak_rss_mb": peak_memory_mb(),
-                          "cpu_seconds": round(time.process_time() - cpu_started, 3)}
-    runs.record_step_progress(run_id, FOR_YOU_STEP, shard_label(low, high))
     log.info("for-you shard trained", extra={"run_id": run_id, "low": low, "high": high, "rows": info["rows"]})
     return info["rows"]
 
 
 def finish_for_you(run_id: str, shard_count: int) -> int:
     """Close the for-you fan-out: its wall time, and the customers its shards wrote (each shard once)."""
-    run = runs.get_run(run_id)
-    shard_steps = [step for step in run.steps if step["name"].startswith(FOR_YOU_STEP + "_")]
-    rows = sum(step["rows"] or 0 for step in shard_steps if step["status"] == "succeeded")
-    close_fan_out(run_id, FOR_YOU_STEP, rows, shard_count)
+    rows = close_shard_fan_out(run_id, FOR_YOU_STEP, shard_count)
     metrics = dict(runs.get_run(run_id).metrics or {})
     runs.merge_metrics(run_id, {"recommendations": {**metrics.get("recommendations", {}), "customers": rows}})
     return rows

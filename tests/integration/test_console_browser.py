@@ -78,6 +78,8 @@ def live(tmp_path_factory, redis_url):
         "CELERY_QUEUE": f"console-test-{uuid.uuid4().hex[:8]}",
     })
     small_shop()
+    # The runs are `segrec retrain`'s work, with its Redis timeout (the web tier's 0.25 s is for serving).
+    redis_store.configure(redis_url, prefix, socket_timeout=5.0)
     first = retrain_now(app.config, as_of=AS_OF)
     # Some customers buy again before the second run, so tiers and lifecycle stages move between the runs.
     add_orders([{"order_id": f"again-{number}", "customer_id": f"c{number:04d}", "placed_at": AS_OF,
