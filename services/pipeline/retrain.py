@@ -255,7 +255,7 @@ def step_train_line_shard(run_id: str, config: dict, index: int, low: str | None
 
 
 def finish_line_shards(run_id: str, shard_count: int) -> int:
-    """Close the line-reading fan-out at its last shard (train_models, which closes it, starts later)."""
+    """Close the line-reading fan-out: its wall time ends with its last shard, its rows are the lines read."""
     last_shard = runs.step_updated_at(runs.get_run(run_id), LINES_STEP) if shard_count else None
     return close_shard_fan_out(run_id, LINES_STEP, shard_count, ended_at=last_shard)
 

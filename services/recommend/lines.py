@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
@@ -175,8 +175,7 @@ def read_line_shard(as_of: datetime, min_date: datetime, skus: pd.Index, tier_ru
             return np.full(len(customer_ids), CUSTOMER_TIERS[0], dtype=object)
         return customer_tiers(tier_run, customer_ids, low, high)
 
-    shard = line_shard_of(lines, skus, tier_of_customers)
-    return LineShard(**{**shard.__dict__, "tier_run": tier_run, "quarantine": quarantined})
+    return replace(line_shard_of(lines, skus, tier_of_customers), tier_run=tier_run, quarantine=quarantined)
 
 
 class LineShardsDisagree(RuntimeError):

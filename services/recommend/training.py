@@ -72,6 +72,8 @@ SELECT sku, name, category, price, cost, stock, active, repeat_purchase, placeho
 # What the for-you shards read back (the run's chosen neighbour lists and shop-wide priors) outlives
 # the run's retries by far; a day, like the fitted customer scorer.
 FOR_YOU_INPUTS_TTL_SECONDS = 86_400
+# Staged line shards wait for train_models (and its retries) the same day; train_models drops them after use.
+LINE_SHARD_TTL_SECONDS = FOR_YOU_INPUTS_TTL_SECONDS
 
 
 def _truthy(series: pd.Series) -> np.ndarray:
@@ -382,7 +384,7 @@ def stage_line_shard(version: str, index: int, as_of: datetime, config: dict, lo
     """
     skus = pd.Index(load_catalogue(db.engine)["sku"])
     shard = read_line_shard(as_of, TimeRules.from_config(config).min_date, skus, current_run_id() or "", low, high)
-    redis_store.client.set(line_shard_key(version, index), shard.to_bytes(), ex=FOR_YOU_INPUTS_TTL_SECONDS)
+    redis_store.client.set(line_shard_key(version, index), shard.to_bytes(), ex=LINE_SHARD_TTL_SECONDS)
     return shard
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -84,8 +86,8 @@ def test_a_shard_survives_the_trip_through_redis_bytes():
 
 def test_shards_read_next_to_different_published_runs_are_refused():
     lines = order_lines()
-    first = LineShard(**{**shard(lines).__dict__, "tier_run": "r1"})
-    second = LineShard(**{**shard(lines[lines["customer_id"] == "c9"]).__dict__, "tier_run": "r2"})
+    first = replace(shard(lines), tier_run="r1")
+    second = replace(shard(lines[lines["customer_id"] == "c9"]), tier_run="r2")
     with pytest.raises(LineShardsDisagree):
         TrainingData([first, second], len(SKUS))
 
