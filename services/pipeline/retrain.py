@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+import pandas as pd
 from sqlalchemy import DateTime, String, delete, func, insert, literal, or_, select
 
 from services.recommend.training import (
@@ -28,6 +29,8 @@ from services.recommend.training import (
 from services.segmentation.console import aggregates as console_aggregates
 from services.segmentation.scoring import CustomerScorer
 from services.segmentation.snapshot import (
+    count_customers,
+    hash_sample,
     load_customer_frame,
     load_previous_tiers,
     shard_boundaries,
@@ -166,11 +169,12 @@ def step_fit(run_id: str, config: dict) -> dict:
     run = runs.get_run(run_id)
     min_date = TimeRules.from_config(config).min_date
     with runs.timed_step(run_id, "fit_customer_models") as info:
-        frame, quarantined = quarantine_customers(
-            load_customer_frame(db.engine, run.as_of, config["RFM_WINDOW_DAYS"]), run.as_of, min_date)
+        frame, quarantined, sampled = fit_frame(run.as_of, config, min_date)
         scorer = scorer_from_config(config).fit(frame, run.as_of) if len(frame) else None
         info["rows"] = len(frame)
         summary = scorer.model_summary() if scorer is not None else {"buyers": 0}
+        if sampled:
+            summary["fitted_on_sample"] = sampled
         info["detail"] = {key: value for key, value in summary.items() if key != "rfm_edges"}
         # Pickle is safe here: the bytes are written and read only by segrec's own processes.
         redis_store.client.set(_scorer_key(run_id), pickle.dumps(scorer), ex=SCORER_TTL_SECONDS)
@@ -180,6 +184,30 @@ def step_fit(run_id: str, config: dict) -> dict:
     quarantined["min_date"] = min_date.isoformat()
     runs.merge_metrics(run_id, {"customer_models": summary, "quarantine": quarantined})
     return summary
+
+
+def fit_frame(as_of: datetime, config: dict, min_date: datetime) -> tuple:
+    """(customers the scorer is fitted on, quarantine report of every customer, sample or None).
+
+    Up to FIT_SAMPLE_CUSTOMERS customers: all of them, in one read. Beyond it: read a scoring shard at a
+    time, keeping a seeded hash sample of about FIT_SAMPLE_CUSTOMERS, so the step's memory stays that
+    of the sample (4.3 GB for 5M customers read at once). RFM edges are quantiles and BG/NBD and
+    Gamma-Gamma have four parameters each: a million customers pin them down; every customer is still scored.
+    """
+    window_days, limit = config["RFM_WINDOW_DAYS"], config["FIT_SAMPLE_CUSTOMERS"]
+    customers = count_customers(db.engine) if limit else 0
+    if not limit or customers <= limit:
+        frame, quarantined = quarantine_customers(load_customer_frame(db.engine, as_of, window_days), as_of, min_date)
+        return frame, quarantined, None
+    fraction = limit / customers
+    parts, quarantined = [], None
+    for low, high in shard_boundaries(db.engine, config["SCORING_SHARD_SIZE"]):
+        shard, shard_quarantined = quarantine_customers(
+            load_customer_frame(db.engine, as_of, window_days, low=low, high=high), as_of, min_date)
+        quarantined = merge_reports(quarantined, shard_quarantined)
+        parts.append(hash_sample(shard, fraction))
+    frame = pd.concat(parts, ignore_index=True)
+    return frame, quarantined, {"customers": customers, "sampled": len(frame), "limit": limit}
 
 
 def step_score_shard(run_id: str, low: str | None, high: str | None) -> int:

@@ -45,7 +45,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils.validation import check_is_fitted
 
-from services.recommend.cooccurrence import CartScoring, CoPurchaseModel, InvalidBasketsError, top_n_per_row
+from services.recommend.cooccurrence import (
+    PAIR_BLOCK_WORK,
+    CartScoring,
+    CoPurchaseModel,
+    InvalidBasketsError,
+    top_n_per_row,
+)
 from services.recommend.evaluation import every_item_case_entries
 from services.recommend.cooccurrence import binary_baskets as cooccurrence_binary_baskets
 from services.recommend.popularity import decay_weights
@@ -78,7 +84,7 @@ def prune_rows(matrix, n: int) -> sp.csr_matrix:
     return sp.csr_matrix((values[top].astype(np.float64), (rows[top], cols[top])), shape=matrix.shape)
 
 
-def blocked_pair_scores(matrix: sp.csr_matrix, score_pairs, n: int, block_work: float = 20_000_000) -> sp.csr_matrix:
+def blocked_pair_scores(matrix: sp.csr_matrix, score_pairs, n: int, block_work: float = PAIR_BLOCK_WORK) -> sp.csr_matrix:
     """Top-n per row of score_pairs(rows, cols, co_counts) over the co-purchase pairs, in item blocks.
 
     X'X is built a block of items at a time (blocks sized by the baskets they touch), scored and

@@ -60,8 +60,12 @@ def basket_rows(baskets, basket_indices) -> sp.csr_matrix:
     return selected
 
 
-def leave_one_out_cases(baskets, basket_indices, seed=42, min_items=2) -> list:
-    """One CartTestCase per basket (in the given order) that holds >= min_items distinct items."""
+def leave_one_out_cases(baskets, basket_indices, seed=42, min_items=2, max_cases=None) -> list:
+    """One CartTestCase per basket (in the given order) that holds >= min_items distinct items.
+
+    max_cases: at most this many, a sample seeded apart from the hidden items (sample_cases); only the
+    sampled cases are built, so the evaluation of a large shop holds thousands of cases, not millions.
+    """
     if not sp.issparse(baskets):
         raise InvalidEvaluationInputError("baskets must be a scipy.sparse matrix")
     if min_items < 2:
@@ -75,7 +79,15 @@ def leave_one_out_cases(baskets, basket_indices, seed=42, min_items=2) -> list:
     # One draw per eligible basket in order: integers(0, sizes) consumes the generator exactly as a
     # loop of rng.choice(items) does (tests/unit/test_evaluation.py checks it against that loop).
     hidden_entries = rows.indptr[eligible] + np.random.default_rng(seed).integers(0, lengths[eligible])
+    if max_cases is not None and eligible.size > max_cases:
+        picks = sample_cases(eligible.size, max_cases)
+        eligible, hidden_entries = eligible[picks], hidden_entries[picks]
     return cases_from_entries(rows, eligible, hidden_entries, basket_indices)
+
+
+def sample_cases(n_cases: int, max_cases: int, seed: int = 42) -> np.ndarray:
+    """Ascending positions of a fixed, seeded sample of max_cases of n_cases (comparable night to night)."""
+    return np.sort(np.random.default_rng(seed).choice(n_cases, max_cases, replace=False))
 
 
 def every_item_case_entries(rows: sp.csr_matrix, max_cases: int, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
@@ -85,8 +97,7 @@ def every_item_case_entries(rows: sp.csr_matrix, max_cases: int, seed: int = 42)
     entry_rows = np.repeat(np.arange(lengths.size), lengths)
     case_entries = np.flatnonzero(lengths[entry_rows] >= 2)
     if case_entries.size > max_cases:
-        picks = np.random.default_rng(seed).choice(case_entries.size, max_cases, replace=False)
-        case_entries = case_entries[np.sort(picks)]
+        case_entries = case_entries[sample_cases(case_entries.size, max_cases, seed)]
     return entry_rows[case_entries], case_entries
 
 
@@ -307,13 +318,35 @@ def synthetic_priced_catalogue(n_baskets=8000, n_mains=60, random_state=0) -> di
     return {**shop, "price": price, "cost": cost, "category": category}
 
 
-def split_and_cases(baskets, basket_times, train_fraction=0.8, seed=42):
-    """Convenience: (train_baskets, train_times, test_cases) with the standard protocol."""
+def split_and_cases(baskets, basket_times, train_fraction=0.8, seed=42, max_cases=None):
+    """Convenience: (train_baskets, train_times, test_cases) with the standard protocol.
+
+    max_cases: at most this many test cases, a seeded sample (sample_cases), drawn before they are built.
+    """
     baskets = sp.csr_matrix(baskets)
     train_idx, test_idx = time_ordered_split(basket_times, train_fraction)
-    cases = leave_one_out_cases(baskets, test_idx, seed=seed)
+    cases = leave_one_out_cases(baskets, test_idx, seed=seed, max_cases=max_cases)
     times = np.asarray(basket_times, dtype=float)
-    return baskets[train_idx], times[train_idx], cases
+    return rows_in_order(baskets, train_idx), times[train_idx], cases
+
+
+def rows_in_order(matrix: sp.csr_matrix, row_indices) -> sp.csr_matrix:
+    """matrix[row_indices]; a view sharing the matrix's arrays when the rows are one ascending run.
+
+    Training's baskets are sorted by time, so its train and fit parts are leading runs of rows: a view
+    saves a copy of most of the shop's lines.
+    """
+    row_indices = np.asarray(row_indices)
+    n_rows = row_indices.size
+    is_run = n_rows > 0 and row_indices[-1] - row_indices[0] == n_rows - 1 and bool(np.all(np.diff(row_indices) == 1))
+    if not is_run:
+        return matrix[row_indices]
+    first, stop = int(row_indices[0]), int(row_indices[-1]) + 1
+    start_entry, stop_entry = matrix.indptr[first], matrix.indptr[stop]
+    view = sp.csr_matrix((matrix.data[start_entry:stop_entry], matrix.indices[start_entry:stop_entry],
+                          matrix.indptr[first:stop + 1] - start_entry), shape=(n_rows, matrix.shape[1]), copy=False)
+    view.has_canonical_format = matrix.has_canonical_format
+    return view
 
 
 def synthetic_dense_accessories(n_baskets=6000, n_devices=8, random_state=0) -> dict:

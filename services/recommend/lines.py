@@ -205,6 +205,10 @@ class TrainingData:
         self.baskets = sp.csr_matrix((presence, (rows, items)), shape=(len(order), n_items))
         self.baskets.sum_duplicates()
         self.baskets.data[:] = 1.0
+        # Selection and evaluation read this matrix through views, not copies (binary_baskets,
+        # row_range): read-only, so a model that wrote into its input would fail here, not skew the others.
+        for array in (self.baskets.data, self.baskets.indices, self.baskets.indptr):
+            array.flags.writeable = False
         self.basket_times = times[order]
         tiers = np.concatenate([shard.basket_tiers for shard in shards] + [np.zeros(0, dtype=np.uint8)])
         self.basket_tiers = tiers[order]

@@ -40,7 +40,14 @@ from services.recommend.candidates import (
     candidate_spec,
     default_candidate,
 )
-from services.recommend.evaluation import basket_rows, cases_from_entries, every_item_case_entries, time_ordered_split
+from services.recommend.evaluation import (
+    basket_rows,
+    cases_from_entries,
+    every_item_case_entries,
+    rows_in_order,
+    sample_cases,
+    time_ordered_split,
+)
 
 K = 10
 
@@ -260,8 +267,8 @@ def select_model(baskets, basket_times, settings: SelectionSettings | None = Non
     if len(cases) < settings.min_cases:
         return _keep_default(report, f"{len(cases)} validation cases, fewer than the {settings.min_cases} "
                                      "a comparison needs")
-    # One copy of the fit part for every candidate and the blends; the whole window's is not needed again.
-    fit_matrix, fit_times = matrix[fit_idx], times[fit_idx]
+    # One fit part for every candidate and the blends (a view when the window is sorted by time).
+    fit_matrix, fit_times = rows_in_order(matrix, fit_idx), times[fit_idx]
     del matrix
     scored, best_fits = _score_candidates(fit_matrix, fit_times, cases, settings, report)
     scored += _blend_rows(fit_matrix, fit_times, cases, settings, best_fits, report)
@@ -367,8 +374,7 @@ def _blend_rows(fit_matrix, fit_times, cases, settings: SelectionSettings, best_
     started = time.perf_counter()
     search_cases = cases
     if len(cases) > settings.blend_search_cases:
-        picks = np.random.default_rng(settings.seed).choice(len(cases), settings.blend_search_cases, replace=False)
-        search_cases = [cases[index] for index in np.sort(picks)]
+        search_cases = [cases[index] for index in sample_cases(len(cases), settings.blend_search_cases, settings.seed)]
     weights = [max(beta, TIE_BREAK_WEIGHT) for beta in settings.betas]
     best = None
     for mix in blend_grid(len(members), settings.blend_mixes):

@@ -114,14 +114,11 @@ def select_and_evaluate(data: TrainingData, config: dict, current_choice: dict |
     if data.baskets.shape[0] < 50:
         model, report = select_model(data.baskets[:0], np.zeros(0), settings)
         return model, report, {"skipped": "fewer than 50 orders"}
-    train, train_times, cases = split_and_cases(data.baskets, data.basket_times)
+    # A fixed, seeded sample keeps the nightly evaluation bounded and comparable night to night.
+    train, train_times, cases = split_and_cases(data.baskets, data.basket_times, max_cases=MAX_EVALUATION_CASES)
     model, report = select_model(train, train_times, settings)
     if len(cases) < 10 or train.nnz == 0:
         return model, report, {"skipped": "fewer than 10 held-out orders with two or more items"}
-    if len(cases) > MAX_EVALUATION_CASES:
-        # A fixed, seeded sample keeps the nightly evaluation bounded and comparable night to night.
-        picks = np.random.default_rng(42).choice(len(cases), MAX_EVALUATION_CASES, replace=False)
-        cases = [cases[index] for index in sorted(picks)]
     fitted = clone(model).fit(train, train_times)
     result = evaluate_against_popularity(lambda cart, k: recommend_for_cart(fitted, cart, k)[0], train, cases)
     evaluation = {

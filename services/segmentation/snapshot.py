@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import delete, text
 from sqlalchemy.engine import Engine
@@ -61,6 +62,21 @@ def load_customer_frame(engine: Engine, as_of: datetime, window_days: int = 365,
                        date_errors="coerce")
     frame["community_member"] = frame["community_member"].astype(str).str.lower().isin(["true", "t", "1"])
     return frame
+
+
+def hash_sample(frame: pd.DataFrame, fraction: float, column: str = "customer_id") -> pd.DataFrame:
+    """The rows whose id hashes below `fraction` of the hash range: the same ids in every shard and every run."""
+    # pandas' hash of the text with its fixed key: the same number in every process and on every machine.
+    if fraction >= 1.0:
+        return frame
+    hashes = pd.util.hash_array(frame[column].to_numpy(dtype=object), categorize=False)
+    return frame[hashes < np.uint64(int(fraction * 2**64))]
+
+
+def count_customers(engine: Engine) -> int:
+    """How many customers the shop has."""
+    with engine.connect() as connection:
+        return int(connection.execute(text("SELECT COUNT(*) FROM customers")).scalar_one())
 
 
 def shard_boundaries(engine: Engine, shard_size: int) -> list[tuple[str | None, str | None]]:

@@ -116,7 +116,13 @@ def _poison(order_id: str, customer_id: str, placed_at: datetime, quantity: int,
         refresh_customer_aggregates(session, [customer_id])
 
 
-def test_poison_orders_are_quarantined_and_the_retrain_publishes(segmentation_app):
+@pytest.mark.parametrize("fit_sample", [None, 3], ids=["fit-on-all", "fit-on-a-sample"])
+def test_poison_orders_are_quarantined_and_the_retrain_publishes(segmentation_app, fit_sample):
+    config = segmentation_app.config
+    if fit_sample:
+        # A shop above FIT_SAMPLE_CUSTOMERS is fitted on a sample read shard by shard: the quarantine
+        # still counts every customer, and every customer is still scored.
+        config = {**config, "FIT_SAMPLE_CUSTOMERS": fit_sample, "SCORING_SHARD_SIZE": 4}
     small_shop()
     _poison("p-ancient", "X-ancient", datetime(1700, 1, 1), 1, 48.0, 48.0)
     _poison("p-future", "X-future", AS_OF + timedelta(hours=5), 1, 48.0, 48.0)
@@ -128,9 +134,19 @@ def test_poison_orders_are_quarantined_and_the_retrain_publishes(segmentation_ap
         session.execute(update(Customer).where(Customer.customer_id == "X-swapped").values(
             first_paid_at=AS_OF - timedelta(days=1), last_paid_at=AS_OF - timedelta(days=10)))
 
-    run = retrain_now(segmentation_app.config, as_of=AS_OF)
+    run = retrain_now(config, as_of=AS_OF)
 
     assert run.status == "published", run.reason
+    with db.session() as session:
+        customers = session.query(Customer).count()
+        scored = session.query(CustomerScore).filter(CustomerScore.run_id == run.run_id).count()
+    assert scored == customers - 3  # all but the three quarantined customers
+    sample = run.metrics["customer_models"].get("fitted_on_sample")
+    if fit_sample:
+        assert sample["customers"] == customers and sample["limit"] == fit_sample
+        assert 0 < sample["sampled"] < customers - 3
+    else:
+        assert sample is None
     quarantine = run.metrics["quarantine"]
     assert quarantine["reasons"] == {
         "first_paid_at before MIN_PLAUSIBLE_DATE": 1,
