@@ -168,7 +168,7 @@ def step_fit(run_id: str, config: dict) -> dict:
     """Fit RFM edges, BG/NBD and Gamma-Gamma on every customer; the fitted scorer goes to Redis for shards."""
     run = runs.get_run(run_id)
     min_date = TimeRules.from_config(config).min_date
-    with runs.timed_step(run_id, "fit_customer_models") as info:
+    with runs.timed_step(run_id, "fit_customer_models") as info, step_resources(info):
         frame, quarantined, sampled = fit_frame(run.as_of, config, min_date)
         scorer = scorer_from_config(config).fit(frame, run.as_of) if len(frame) else None
         info["rows"] = len(frame)
@@ -253,14 +253,21 @@ def shard_step_name(fan_out: str, index: int) -> str:
 @contextmanager
 def shard_step(run_id: str, fan_out: str, index: int, low: str | None, high: str | None) -> Iterator[dict]:
     """Record one shard of a fan-out as a step of its own (range, CPU seconds, peak memory), then as progress."""
-    with runs.timed_step(run_id, shard_step_name(fan_out, index)) as info:
-        reset_peak_memory()
-        cpu_started = time.process_time()
+    with runs.timed_step(run_id, shard_step_name(fan_out, index)) as info, step_resources(info):
         info["detail"] = {"low": low, "high": high}
         yield info
-        # CPU seconds tell the shard's own work apart from waiting on a loaded machine.
-        info["detail"].update(peak_rss_mb=peak_memory_mb(), cpu_seconds=round(time.process_time() - cpu_started, 3))
     runs.record_step_progress(run_id, fan_out, shard_label(low, high))
+
+
+@contextmanager
+def step_resources(info: dict) -> Iterator[None]:
+    """Add the block's CPU seconds and peak resident memory to a step's detail."""
+    reset_peak_memory()
+    cpu_started = time.process_time()
+    yield
+    # CPU seconds tell the step's own work apart from waiting on a loaded machine.
+    info["detail"] = {**(info["detail"] or {}), "peak_rss_mb": peak_memory_mb(),
+                      "cpu_seconds": round(time.process_time() - cpu_started, 3)}
 
 
 def close_shard_fan_out(run_id: str, fan_out: str, shard_count: int, ended_at: datetime | None = None) -> int:
@@ -302,13 +309,10 @@ def step_train_models(run_id: str, config: dict, shards: list | None = None) -> 
     shards: the customer-id ranges whose line shards were staged (None: every line read here).
     """
     run = runs.get_run(run_id)
-    with runs.timed_step(run_id, TRAIN_MODELS_STEP) as info:
-        reset_peak_memory()
-        cpu_started = time.process_time()
+    with runs.timed_step(run_id, TRAIN_MODELS_STEP) as info, step_resources(info):
         metrics = train_models(run_id, run.as_of, config, [tuple(shard) for shard in shards] if shards else None)
         info["rows"] = metrics.get("order_lines")
         info["detail"] = {key: value for key, value in metrics.items() if not isinstance(value, dict)}
-        info["detail"].update(peak_rss_mb=peak_memory_mb(), cpu_seconds=round(time.process_time() - cpu_started, 3))
     drop_line_shards(run_id, len(shards or []))
     lines_quarantined = metrics.pop("quarantine", None)
     if lines_quarantined and lines_quarantined["count"]:

@@ -142,11 +142,16 @@ def test_poison_orders_are_quarantined_and_the_retrain_publishes(segmentation_ap
         scored = session.query(CustomerScore).filter(CustomerScore.run_id == run.run_id).count()
     assert scored == customers - 3  # all but the three quarantined customers
     sample = run.metrics["customer_models"].get("fitted_on_sample")
+    fit_step = next(step for step in run.steps if step["name"] == "fit_customer_models")
+    if fit_step["detail"]["peak_rss_mb"] is not None:  # None where /proc is missing (not Linux)
+        assert fit_step["detail"]["peak_rss_mb"] > 0
     if fit_sample:
         assert sample["customers"] == customers and sample["limit"] == fit_sample
         assert 0 < sample["sampled"] < customers - 3
+        assert fit_step["rows"] == sample["sampled"]
     else:
         assert sample is None
+        assert fit_step["rows"] == customers - 3
     quarantine = run.metrics["quarantine"]
     assert quarantine["reasons"] == {
         "first_paid_at before MIN_PLAUSIBLE_DATE": 1,

@@ -209,6 +209,7 @@ def print_shard_figures(results: dict[int, dict], customers: int) -> None:
         rows = [step["rows"] for step in shards]
         peaks = [step["detail"].get("peak_rss_mb") or 0 for step in shards]
         models = result["steps"]["train_models"]
+        fit = result["steps"]["fit_customer_models"]
         cpu = [step["detail"].get("cpu_seconds") or 0 for step in shards]
         print(f"{count} worker process(es): {len(shards)} for-you shards of {min(rows):,}-{max(rows):,} customers: "
               f"{min(seconds):.1f} / {statistics.median(seconds):.1f} / {max(seconds):.1f} s (min / median / max), "
@@ -216,6 +217,8 @@ def print_shard_figures(results: dict[int, dict], customers: int) -> None:
               f"peak RSS per shard up to {max(peaks):,.0f} MiB; train_models {models['seconds']:.1f} s "
               f"(CPU {models['detail'].get('cpu_seconds') or 0:.1f} s) on "
               f"{models['rows']:,} lines, peak RSS {models['detail'].get('peak_rss_mb') or 0:,.0f} MiB; "
+              f"fit_customer_models {fit['seconds']:.1f} s on {fit['rows']:,} customers, "
+              f"peak RSS {(fit['detail'] or {}).get('peak_rss_mb') or 0:,.0f} MiB; "
               f"sampled peak RSS per worker process: "
               + ", ".join(f"{peak:,.0f}" for peak in result["worker_peaks_mb"]) + " MiB")
     last = results[list(results)[-1]]
