@@ -347,6 +347,11 @@ def assert_ended_cleanly(run, timeout: float = 10.0) -> None:
     assert run.status in ENDED
     if run.status != "published":
         assert run.reason, f"run {run.run_id} ended {run.status} without a reason"
+    assert_lock_freed(timeout)
+
+
+def assert_lock_freed(timeout: float = 10.0) -> None:
+    """The run lock is released within `timeout` seconds of the run's end (it follows the database flip)."""
     deadline = time.monotonic() + timeout
     while runs.RunLock(3600).holder() is not None and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -398,7 +403,7 @@ def test_run_on_workers_publishes_with_history_metrics_and_logs(database_url, ma
     assert run["metrics"]["segments"]["customers_scored"] == 120
     assert "hr_at_10" in run["metrics"]["recommendations"]["evaluation"]
     assert assert_serving_is_whole() == run_id
-    assert runs.RunLock(3600).holder() is None
+    assert_lock_freed()
     listed = client.get("/v1/runs", headers=admin).json["items"]
     assert [item["run_id"] for item in listed] == [run_id]
 
