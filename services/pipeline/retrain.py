@@ -165,7 +165,7 @@ def step_snapshot(run_id: str, config: dict) -> list[tuple[str | None, str | Non
 
 
 def step_fit(run_id: str, config: dict) -> dict:
-    """Fit RFM edges, BG/NBD and Gamma-Gamma on every customer; the fitted scorer goes to Redis for shards."""
+    """Fit RFM edges, BG/NBD and Gamma-Gamma (on a sample above FIT_SAMPLE_CUSTOMERS); the scorer goes to Redis."""
     run = runs.get_run(run_id)
     min_date = TimeRules.from_config(config).min_date
     with runs.timed_step(run_id, "fit_customer_models") as info, step_resources(info):
@@ -190,14 +190,16 @@ def fit_frame(as_of: datetime, config: dict, min_date: datetime) -> tuple:
     """(customers the scorer is fitted on, quarantine report of every customer, sample or None).
 
     Up to FIT_SAMPLE_CUSTOMERS customers: all of them, in one read. Beyond it: read a scoring shard at a
-    time, keeping a seeded hash sample of about FIT_SAMPLE_CUSTOMERS, so the step's memory stays that
-    of the sample (4.3 GB for 5M customers read at once). RFM edges are quantiles and BG/NBD and
-    Gamma-Gamma have four parameters each: a million customers pin them down; every customer is still scored.
+    time, keeping a seeded hash sample of about FIT_SAMPLE_CUSTOMERS, so the step's memory stays that of
+    the sample (5M customers read at once took 2.7 GB in one process; a sample of 1M, 0.75 GB). RFM edges
+    are quantiles and BG/NBD and Gamma-Gamma have a few parameters each: a million customers pin them
+    down (within 0.6 % of the fit on all 5M, docs/CAPACITY.md [G]); every customer is still scored.
     """
     window_days, limit = config["RFM_WINDOW_DAYS"], config["FIT_SAMPLE_CUSTOMERS"]
     customers = count_customers(db.engine) if limit else 0
     if not limit or customers <= limit:
-        frame, quarantined = quarantine_customers(load_customer_frame(db.engine, as_of, window_days), as_of, min_date)
+        frame, quarantined = quarantine_customers(load_customer_frame(db.engine, as_of, window_days), as_of,
+                                                  min_date)
         return frame, quarantined, None
     fraction = limit / customers
     parts, quarantined = [], None

@@ -84,7 +84,8 @@ def prune_rows(matrix, n: int) -> sp.csr_matrix:
     return sp.csr_matrix((values[top].astype(np.float64), (rows[top], cols[top])), shape=matrix.shape)
 
 
-def blocked_pair_scores(matrix: sp.csr_matrix, score_pairs, n: int, block_work: float = PAIR_BLOCK_WORK) -> sp.csr_matrix:
+def blocked_pair_scores(matrix: sp.csr_matrix, score_pairs, n: int,
+                        block_work: float = PAIR_BLOCK_WORK) -> sp.csr_matrix:
     """Top-n per row of score_pairs(rows, cols, co_counts) over the co-purchase pairs, in item blocks.
 
     X'X is built a block of items at a time (blocks sized by the baskets they touch), scored and

@@ -206,7 +206,7 @@ class TrainingData:
         self.baskets.sum_duplicates()
         self.baskets.data[:] = 1.0
         # Selection and evaluation read this matrix through views, not copies (binary_baskets,
-        # row_range): read-only, so a model that wrote into its input would fail here, not skew the others.
+        # rows_in_order): read-only, so a model that wrote into its input would fail here, not skew the others.
         for array in (self.baskets.data, self.baskets.indices, self.baskets.indptr):
             array.flags.writeable = False
         self.basket_times = times[order]

@@ -66,9 +66,9 @@ def load_customer_frame(engine: Engine, as_of: datetime, window_days: int = 365,
 
 def hash_sample(frame: pd.DataFrame, fraction: float, column: str = "customer_id") -> pd.DataFrame:
     """The rows whose id hashes below `fraction` of the hash range: the same ids in every shard and every run."""
-    # pandas' hash of the text with its fixed key: the same number in every process and on every machine.
     if fraction >= 1.0:
         return frame
+    # pandas' hash of the text with its fixed key: the same number in every process and on every machine.
     hashes = pd.util.hash_array(frame[column].to_numpy(dtype=object), categorize=False)
     return frame[hashes < np.uint64(int(fraction * 2**64))]
 
