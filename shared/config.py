@@ -32,8 +32,8 @@ DEFAULTS: dict[str, object] = {
     "RETRAIN_MAX_RETRIES": 6,
     "RETRAIN_RETRY_BACKOFF_MAX": 60,
     "SCORING_SHARD_SIZE": 200_000,
-    # Customers the nightly fit of RFM edges, BG/NBD and Gamma-Gamma reads at most: a larger shop is fitted
-    # on a seeded hash sample of this many, read shard by shard (every customer is still scored); 0: all.
+    # Customers the nightly fit of RFM edges, BG/NBD and Gamma-Gamma reads at most: a larger shop is fitted on
+    # a fixed hash sample (by customer id) of this many, read shard by shard (every customer is still scored); 0: all.
     "FIT_SAMPLE_CUSTOMERS": 1_000_000,
     # Customers per training shard (a line-reading and a for-you Celery task each); 0: the same as SCORING_SHARD_SIZE.
     "TRAINING_SHARD_SIZE": 0,

@@ -29,7 +29,6 @@ from services.recommend.training import (
 from services.segmentation.console import aggregates as console_aggregates
 from services.segmentation.scoring import CustomerScorer
 from services.segmentation.snapshot import (
-    count_customers,
     hash_sample,
     load_customer_frame,
     load_previous_tiers,
@@ -151,8 +150,8 @@ def still_running(run_id: str, config: dict) -> bool:
     return True
 
 
-def step_snapshot(run_id: str, config: dict) -> list[tuple[str | None, str | None]]:
-    """Count the inputs, fingerprint them, and cut customer-id shards."""
+def step_snapshot(run_id: str, config: dict) -> tuple[int, list[tuple[str | None, str | None]]]:
+    """Count the inputs, fingerprint them, and cut customer-id shards: (customers, scoring shards)."""
     with runs.timed_step(run_id, "snapshot") as info:
         with db.session() as session:
             customers = session.execute(select(func.count()).select_from(Customer)).scalar_one()
@@ -161,15 +160,18 @@ def step_snapshot(run_id: str, config: dict) -> list[tuple[str | None, str | Non
         info["rows"] = customers
         info["detail"] = {"customers": customers, "orders": orders, "shards": len(shards),
                           "last_order_change": last_change.isoformat() if last_change else None}
-    return shards
+    return customers, shards
 
 
-def step_fit(run_id: str, config: dict) -> dict:
-    """Fit RFM edges, BG/NBD and Gamma-Gamma (on a sample above FIT_SAMPLE_CUSTOMERS); the scorer goes to Redis."""
+def step_fit(run_id: str, config: dict, customers: int, shards: list) -> dict:
+    """Fit RFM edges, BG/NBD and Gamma-Gamma (on a sample above FIT_SAMPLE_CUSTOMERS); the scorer goes to Redis.
+
+    customers, shards: the snapshot's count and scoring shards (a sample is read a shard at a time).
+    """
     run = runs.get_run(run_id)
     min_date = TimeRules.from_config(config).min_date
     with runs.timed_step(run_id, "fit_customer_models") as info, step_resources(info):
-        frame, quarantined, sampled = fit_frame(run.as_of, config, min_date)
+        frame, quarantined, sampled = fit_frame(run.as_of, config, min_date, customers, shards)
         scorer = scorer_from_config(config).fit(frame, run.as_of) if len(frame) else None
         info["rows"] = len(frame)
         summary = scorer.model_summary() if scorer is not None else {"buyers": 0}
@@ -186,24 +188,24 @@ def step_fit(run_id: str, config: dict) -> dict:
     return summary
 
 
-def fit_frame(as_of: datetime, config: dict, min_date: datetime) -> tuple:
+def fit_frame(as_of: datetime, config: dict, min_date: datetime, customers: int, shards: list) -> tuple:
     """(customers the scorer is fitted on, quarantine report of every customer, sample or None).
 
-    Up to FIT_SAMPLE_CUSTOMERS customers: all of them, in one read. Beyond it: read a scoring shard at a
-    time, keeping a seeded hash sample of about FIT_SAMPLE_CUSTOMERS, so the step's memory stays that of
-    the sample (5M customers read at once took 2.7 GB in one process; a sample of 1M, 0.75 GB). RFM edges
-    are quantiles and BG/NBD and Gamma-Gamma have a few parameters each: a million customers pin them
-    down (within 0.6 % of the fit on all 5M, docs/CAPACITY.md [G]); every customer is still scored.
+    Up to FIT_SAMPLE_CUSTOMERS customers: all of them, in one read. Beyond it: read the scoring shards one
+    at a time, keeping a fixed hash sample (by customer id) of about FIT_SAMPLE_CUSTOMERS, so the step's
+    memory stays that of the sample (5M customers read at once took 2.7 GB in one process; a sample of
+    1M, 0.75 GB). RFM edges are quantiles and BG/NBD and Gamma-Gamma have a few parameters each: a
+    million customers pin them down (within 0.6 % of the fit on all 5M, docs/CAPACITY.md [G]); every
+    customer is still scored.
     """
     window_days, limit = config["RFM_WINDOW_DAYS"], config["FIT_SAMPLE_CUSTOMERS"]
-    customers = count_customers(db.engine) if limit else 0
     if not limit or customers <= limit:
         frame, quarantined = quarantine_customers(load_customer_frame(db.engine, as_of, window_days), as_of,
                                                   min_date)
         return frame, quarantined, None
     fraction = limit / customers
     parts, quarantined = [], None
-    for low, high in shard_boundaries(db.engine, config["SCORING_SHARD_SIZE"]):
+    for low, high in shards:
         shard, shard_quarantined = quarantine_customers(
             load_customer_frame(db.engine, as_of, window_days, low=low, high=high), as_of, min_date)
         quarantined = merge_reports(quarantined, shard_quarantined)
@@ -547,8 +549,8 @@ def retrain_now(config: dict, as_of: datetime | None = None, trigger: str = "man
     """Run every step in this process (for `segrec retrain` and tests)."""
     run = begin_run(config, as_of, trigger)
     try:
-        shards = step_snapshot(run.run_id, config)
-        step_fit(run.run_id, config)
+        customers, shards = step_snapshot(run.run_id, config)
+        step_fit(run.run_id, config, customers, shards)
         # The line shards read the published run's tiers, not this run's scores: the order is the workflow's.
         line_shards = training_shards(config)
         step_train_line_shards_all(run.run_id, config, line_shards)

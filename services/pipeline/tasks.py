@@ -59,8 +59,8 @@ def prepare(self, run_id: str):
     config = segrec_config()
     if not retrain.still_running(run_id, config):
         return None
-    shards = retrain.step_snapshot(run_id, config)
-    retrain.step_fit(run_id, config)
+    customers, shards = retrain.step_snapshot(run_id, config)
+    retrain.step_fit(run_id, config, customers, shards)
     line_shards = retrain.training_shards(config)
     # The line-reading fan-out is recorded as running from here; train_models closes it with the wall time.
     runs.start_step(run_id, retrain.LINES_STEP, {"shards": len(line_shards)})

@@ -52,8 +52,8 @@ from services.recommend.cooccurrence import (
     InvalidBasketsError,
     top_n_per_row,
 )
-from services.recommend.evaluation import every_item_case_entries
 from services.recommend.cooccurrence import binary_baskets as cooccurrence_binary_baskets
+from services.recommend.evaluation import every_item_case_entries
 from services.recommend.popularity import decay_weights
 
 # A beta of 0 keeps popularity as the tie-breaker only (and as the backfill order of short lists).

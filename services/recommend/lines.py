@@ -27,7 +27,7 @@ import scipy.sparse as sp
 
 from services.recommend.store import CUSTOMER_TIERS
 from shared.extensions import db
-from shared.frames import id_range_condition, read_frame
+from shared.frames import id_range_condition, read_frame, text_hashes
 from shared.quarantine import merge_reports, quarantine_order_lines
 
 EPOCH = np.datetime64("1970-01-01")
@@ -152,9 +152,7 @@ def line_shard_of(lines: pd.DataFrame, skus: pd.Index, tier_of_customers) -> Lin
         line_baskets=basket_codes.astype(np.int32),
         line_items=items,
         basket_times=basket_times,
-        # pandas' hash of the text with its fixed key: the same number in every process and on every machine.
-        # Order ids are unique, so pandas' categorize step (8 s for 4M ids) would only repeat the work.
-        basket_keys=pd.util.hash_array(order_ids.to_numpy(dtype=object), categorize=False),
+        basket_keys=text_hashes(order_ids),
         basket_tiers=customer_tier_codes[basket_customers],
         revenue=np.bincount(items, weights=lines["revenue"].to_numpy(dtype=float), minlength=n_items),
         item_customers=np.bincount(customer_item_pairs % n_items, minlength=n_items).astype(np.int64),

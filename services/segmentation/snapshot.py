@@ -9,7 +9,7 @@ import pandas as pd
 from sqlalchemy import delete, text
 from sqlalchemy.engine import Engine
 
-from shared.frames import id_range_condition, read_frame, write_frame
+from shared.frames import id_range_condition, read_frame, text_hashes, write_frame
 from shared.models import CustomerScore
 
 CUSTOMER_DATE_COLUMNS = ("joined_at", "first_paid_at", "last_paid_at")
@@ -68,15 +68,7 @@ def hash_sample(frame: pd.DataFrame, fraction: float, column: str = "customer_id
     """The rows whose id hashes below `fraction` of the hash range: the same ids in every shard and every run."""
     if fraction >= 1.0:
         return frame
-    # pandas' hash of the text with its fixed key: the same number in every process and on every machine.
-    hashes = pd.util.hash_array(frame[column].to_numpy(dtype=object), categorize=False)
-    return frame[hashes < np.uint64(int(fraction * 2**64))]
-
-
-def count_customers(engine: Engine) -> int:
-    """How many customers the shop has."""
-    with engine.connect() as connection:
-        return int(connection.execute(text("SELECT COUNT(*) FROM customers")).scalar_one())
+    return frame[text_hashes(frame[column]) < np.uint64(int(fraction * 2**64))]
 
 
 def shard_boundaries(engine: Engine, shard_size: int) -> list[tuple[str | None, str | None]]:
