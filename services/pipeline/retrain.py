@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import redis
 from sqlalchemy import DateTime, String, delete, func, insert, literal, or_, select
 
 from services.recommend.training import (
@@ -317,7 +318,6 @@ def step_train_models(run_id: str, config: dict, shards: list | None = None) -> 
         metrics = train_models(run_id, run.as_of, config, [tuple(shard) for shard in shards] if shards else None)
         info["rows"] = metrics.get("order_lines")
         info["detail"] = {key: value for key, value in metrics.items() if not isinstance(value, dict)}
-    drop_line_shards(run_id, len(shards or []))
     lines_quarantined = metrics.pop("quarantine", None)
     if lines_quarantined and lines_quarantined["count"]:
         log.warning("order lines quarantined", extra={"run_id": run_id, "reasons": lines_quarantined["reasons"]})
@@ -348,9 +348,14 @@ def peak_memory_mb() -> float | None:
     return None
 
 
-def training_shards(config: dict) -> list[tuple[str | None, str | None]]:
-    """Customer-id ranges of the for-you shards (TRAINING_SHARD_SIZE customers; 0: the scoring shards' size)."""
+def training_shards(config: dict, scoring_shards: list | None = None) -> list[tuple[str | None, str | None]]:
+    """Customer-id ranges of the line and for-you shards (TRAINING_SHARD_SIZE customers; 0: the scoring shards').
+
+    scoring_shards: the ranges the snapshot cut, taken as they are when the sizes agree (no second cut).
+    """
     size = config.get("TRAINING_SHARD_SIZE") or config["SCORING_SHARD_SIZE"]
+    if scoring_shards is not None and size == config["SCORING_SHARD_SIZE"]:
+        return [tuple(shard) for shard in scoring_shards]
     with db.session() as session:
         if session.execute(select(Customer.customer_id).limit(1)).first() is None:
             return []
@@ -361,14 +366,18 @@ def step_train_for_you_shard(run_id: str, config: dict, index: int, low: str | N
     """Rank and stage the for-you lists of customers with ids in [low, high) (a step of its own; idempotent)."""
     run = runs.get_run(run_id)
     with shard_step(run_id, FOR_YOU_STEP, index, low, high) as info:
-        info["rows"] = train_for_you_shard(run_id, run.as_of, config, low, high)
+        info["rows"] = train_for_you_shard(run_id, run.as_of, config, low, high, index)
     log.info("for-you shard trained", extra={"run_id": run_id, "low": low, "high": high, "rows": info["rows"]})
     return info["rows"]
 
 
 def finish_for_you(run_id: str, shard_count: int) -> int:
-    """Close the for-you fan-out: its wall time, and the customers its shards wrote (each shard once)."""
+    """Close the for-you fan-out: its wall time, and the customers its shards wrote (each shard once).
+
+    The line shards, read by train_models and then by the for-you shard of the same range, are dropped here.
+    """
     rows = close_shard_fan_out(run_id, FOR_YOU_STEP, shard_count)
+    drop_line_shards(run_id, shard_count)
     metrics = dict(runs.get_run(run_id).metrics or {})
     runs.merge_metrics(run_id, {"recommendations": {**metrics.get("recommendations", {}), "customers": rows}})
     return rows
@@ -543,6 +552,11 @@ def fail_run(run_id: str, config: dict, error: BaseException | str) -> None:
     if runs.finish_run(run_id, "failed", reason):
         log.error("run failed", extra={"run_id": run_id, "reason": reason})
     runs.RunLock(config["RETRAIN_LOCK_SECONDS"]).release(run_id)
+    try:
+        # A large shop's line shards are hundreds of MB of Redis: not left to their day-long expiry.
+        drop_line_shards(run_id)
+    except redis.RedisError as error:
+        log.warning("line shards of a failed run not dropped", extra={"run_id": run_id, "error": str(error)})
 
 
 def retrain_now(config: dict, as_of: datetime | None = None, trigger: str = "manual") -> Run:
@@ -552,7 +566,7 @@ def retrain_now(config: dict, as_of: datetime | None = None, trigger: str = "man
         customers, shards = step_snapshot(run.run_id, config)
         step_fit(run.run_id, config, customers, shards)
         # The line shards read the published run's tiers, not this run's scores: the order is the workflow's.
-        line_shards = training_shards(config)
+        line_shards = training_shards(config, shards)
         step_train_line_shards_all(run.run_id, config, line_shards)
         step_score_all(run.run_id, shards)
         step_train_models(run.run_id, config, line_shards)

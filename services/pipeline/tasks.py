@@ -61,7 +61,7 @@ def prepare(self, run_id: str):
         return None
     customers, shards = retrain.step_snapshot(run_id, config)
     retrain.step_fit(run_id, config, customers, shards)
-    line_shards = retrain.training_shards(config)
+    line_shards = retrain.training_shards(config, shards)
     # The line-reading fan-out is recorded as running from here; train_models closes it with the wall time.
     runs.start_step(run_id, retrain.LINES_STEP, {"shards": len(line_shards)})
     after_lines = fan_out_training.si(run_id, line_shards, shards)
@@ -84,7 +84,7 @@ def fan_out_training(self, run_id: str, line_shards: list, shards: list):
     runs.start_step(run_id, retrain.SCORE_STEP, {"shards": len(shards)})
     header = [train_models.si(run_id, line_shards)] + [score_shard.si(run_id, low, high) for low, high in shards]
     return self.replace(chord(group(header), chain(finish_scoring.si(run_id, len(shards)),
-                                                   fan_out_for_you.si(run_id))))
+                                                   fan_out_for_you.si(run_id, line_shards))))
 
 
 @segrec_task("segrec.retrain.train_line_shard")
@@ -122,16 +122,17 @@ def train_models(self, run_id: str, line_shards: list | None = None) -> int | No
 
 
 @segrec_task("segrec.retrain.fan_out_for_you")
-def fan_out_for_you(self, run_id: str):
-    """Fan out one for-you task per customer-id shard, then publish.
+def fan_out_for_you(self, run_id: str, line_shards: list | None = None):
+    """Fan out one for-you task per customer-id shard (the line shards' ranges), then publish.
 
-    The shards read the run's neighbour lists and priors from Redis (by the run id), never from the
-    task message, and write their customers' lists under the run's version.
+    The shards read the run's neighbour lists, priors and line shards from Redis (by the run id and
+    index), never from the task message, and write their customers' lists under the run's version.
+    line_shards None (a message from before the ranges were passed on): the ranges are cut again.
     """
     config = segrec_config()
     if not retrain.still_running(run_id, config):
         return None
-    shards = retrain.training_shards(config)
+    shards = [tuple(shard) for shard in line_shards] if line_shards is not None else retrain.training_shards(config)
     # The fan-out is recorded as running from here; finish_for_you closes it with the wall time.
     runs.start_step(run_id, retrain.FOR_YOU_STEP, {"shards": len(shards)})
     rest = chain(finish_for_you.si(run_id, len(shards)), publish.si(run_id))

@@ -82,9 +82,11 @@ class LineShard:
 
     line_baskets / line_items: per line, its basket (0..baskets-1 within the shard) and catalogue item;
     basket_times (days since 1970), basket_keys (hash of the order id, the tie-break), basket_tiers (index
-    in CUSTOMER_TIERS of the customer's tier in `tier_run`; unscored customers count as regular);
+    in CUSTOMER_TIERS of the customer's tier in `tier_run`; unscored customers count as regular),
+    basket_customers (index in customer_ids, the shard's customers with a usable line, sorted);
     revenue and item_customers: per catalogue item, the lines' revenue and the distinct customers;
-    catalogue_key: the fingerprint of the catalogue whose item numbers the shard uses.
+    catalogue_key: the fingerprint of the catalogue whose item numbers the shard uses; id_range: the
+    customer-id range [low, high) it was read for (None, None: every customer).
     """
 
     line_baskets: np.ndarray
@@ -92,25 +94,36 @@ class LineShard:
     basket_times: np.ndarray
     basket_keys: np.ndarray
     basket_tiers: np.ndarray
+    basket_customers: np.ndarray
     revenue: np.ndarray
     item_customers: np.ndarray
-    customers: int
+    customer_ids: np.ndarray
     tier_run: str
     catalogue_key: str
     quarantine: dict
+    id_range: tuple = (None, None)
 
     @property
     def order_lines(self) -> int:
         return len(self.line_items)
 
+    @property
+    def customers(self) -> int:
+        return len(self.customer_ids)
+
+    def line_customers(self) -> np.ndarray:
+        """Per line, its customer (index in customer_ids): what the for-you shards build histories from."""
+        return self.basket_customers[self.line_baskets]
+
     def to_bytes(self) -> bytes:
         """numpy's own format (no pickle), so the reader loads it with allow_pickle=False."""
         buffer = io.BytesIO()
         np.savez(buffer, line_baskets=self.line_baskets, line_items=self.line_items, basket_times=self.basket_times,
-                 basket_keys=self.basket_keys, basket_tiers=self.basket_tiers, revenue=self.revenue,
-                 item_customers=self.item_customers, customers=np.int64(self.customers),
+                 basket_keys=self.basket_keys, basket_tiers=self.basket_tiers,
+                 basket_customers=self.basket_customers, revenue=self.revenue,
+                 item_customers=self.item_customers, customer_ids=np.asarray(self.customer_ids, dtype=str),
                  tier_run=np.str_(self.tier_run), catalogue_key=np.str_(self.catalogue_key),
-                 quarantine=np.str_(json.dumps(self.quarantine)))
+                 quarantine=np.str_(json.dumps(self.quarantine)), id_range=np.str_(json.dumps(list(self.id_range))))
         return buffer.getvalue()
 
     @classmethod
@@ -118,8 +131,10 @@ class LineShard:
         """The shard written by to_bytes."""
         with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
             return cls(arrays["line_baskets"], arrays["line_items"], arrays["basket_times"], arrays["basket_keys"],
-                       arrays["basket_tiers"], arrays["revenue"], arrays["item_customers"], int(arrays["customers"]),
-                       str(arrays["tier_run"]), str(arrays["catalogue_key"]), json.loads(str(arrays["quarantine"])))
+                       arrays["basket_tiers"], arrays["basket_customers"], arrays["revenue"],
+                       arrays["item_customers"], arrays["customer_ids"], str(arrays["tier_run"]),
+                       str(arrays["catalogue_key"]), json.loads(str(arrays["quarantine"])),
+                       tuple(json.loads(str(arrays["id_range"]))))
 
 
 def line_shard_of(lines: pd.DataFrame, skus: pd.Index, tier_of_customers) -> LineShard:
@@ -154,9 +169,10 @@ def line_shard_of(lines: pd.DataFrame, skus: pd.Index, tier_of_customers) -> Lin
         basket_times=basket_times,
         basket_keys=text_hashes(order_ids),
         basket_tiers=customer_tier_codes[basket_customers],
+        basket_customers=basket_customers.astype(np.int32),
         revenue=np.bincount(items, weights=lines["revenue"].to_numpy(dtype=float), minlength=n_items),
         item_customers=np.bincount(customer_item_pairs % n_items, minlength=n_items).astype(np.int64),
-        customers=len(customer_ids),
+        customer_ids=customer_ids.to_numpy(dtype=str),
         tier_run="",
         catalogue_key=catalogue_key(skus),
         quarantine={},
@@ -173,7 +189,8 @@ def read_line_shard(as_of: datetime, min_date: datetime, skus: pd.Index, tier_ru
             return np.full(len(customer_ids), CUSTOMER_TIERS[0], dtype=object)
         return customer_tiers(tier_run, customer_ids, low, high)
 
-    return replace(line_shard_of(lines, skus, tier_of_customers), tier_run=tier_run, quarantine=quarantined)
+    return replace(line_shard_of(lines, skus, tier_of_customers), tier_run=tier_run, quarantine=quarantined,
+                   id_range=(low, high))
 
 
 class LineShardsDisagree(RuntimeError):

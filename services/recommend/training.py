@@ -34,7 +34,6 @@ from services.recommend.lines import (
     TrainingData,
     catalogue_key,
     customer_tiers,
-    load_order_lines,
     read_line_shard,
 )
 from services.recommend.model_families import best_rows_by_family
@@ -57,7 +56,6 @@ from shared.extensions import db, redis_store, reply_text
 from shared.frames import read_frame, write_frame
 from shared.limits import TimeRules
 from shared.models import RecommendationList, Run
-from shared.quarantine import quarantine_order_lines
 from shared.runs import ACTIVE_STATUSES, PREVIOUS_RUN, current_run_id, get_pointer
 
 log = logging.getLogger("segrec.recommend.training")
@@ -368,7 +366,7 @@ def _for_you_inputs(data: TrainingData, catalogue: pd.DataFrame, chosen_model) -
     )
 
 
-def line_shard_key(version: str, index: int) -> str:
+def line_shard_key(version: str, index: int | str) -> str:
     """Redis key of one staged line shard of a version (by reference: tasks carry only ids and ranges)."""
     return redis_store.key("run", version, "lines", str(index))
 
@@ -409,10 +407,29 @@ def collect_line_shards(version: str, as_of: datetime, config: dict, skus: pd.In
     return shards
 
 
-def drop_line_shards(version: str, count: int) -> None:
-    """Forget a version's staged line shards once train_models has used them."""
-    if count:
-        redis_store.client.delete(*(line_shard_key(version, index) for index in range(count)))
+def staged_line_shard(version: str, index: int, skus: pd.Index, low: str | None,
+                      high: str | None) -> LineShard | None:
+    """Line shard `index` as staged for this catalogue and customer-id range, or None (missing or other)."""
+    payload = redis_store.client.get(line_shard_key(version, index))
+    if payload is None:
+        return None
+    shard = LineShard.from_bytes(payload)
+    if shard.catalogue_key != catalogue_key(skus) or shard.id_range != (low, high):
+        return None
+    return shard
+
+
+def drop_line_shards(version: str, count: int | None = None) -> None:
+    """Forget a version's staged line shards once train_models and the for-you shards have used them.
+
+    count None (a failed run, which may have staged only some): whichever of its shards are there.
+    """
+    if count is None:
+        keys = list(redis_store.client.scan_iter(match=line_shard_key(version, "*"), count=1000))
+    else:
+        keys = [line_shard_key(version, index) for index in range(count)]
+    if keys:
+        redis_store.client.delete(*keys)
 
 
 def train_models(run_id: str, as_of: datetime, config: dict, boundaries: list | None = None) -> dict:
@@ -500,20 +517,23 @@ def _bundle_catalogue(catalogue: pd.DataFrame, abc: np.ndarray) -> BundleCatalog
     )
 
 
-def train_for_you_shard(version: str, as_of: datetime, config: dict, low: str | None, high: str | None) -> int:
+def train_for_you_shard(version: str, as_of: datetime, config: dict, low: str | None, high: str | None,
+                        index: int | None = None) -> int:
     """Rank the for-you lists of the customers with ids in [low, high) and write them under `version`.
 
-    Reads only the shard's own order lines, and the neighbour lists and priors train_models staged.
-    Idempotent: a retry rewrites the same hash fields. Returns the number of customers written.
+    Reads the shard's own order lines, as line shard `index` staged them for train_models when it is
+    there (so a night reads the shop's lines from the database once), else from the database; and the
+    neighbour lists and priors train_models staged. Idempotent: a retry rewrites the same hash fields.
+    Returns the number of customers written.
     """
     inputs = load_for_you_inputs(version)
-    lines, _quarantined = quarantine_order_lines(load_order_lines(db.engine, as_of, low, high), as_of,
-                                                 TimeRules.from_config(config).min_date)
-    items = pd.Index(inputs.skus.tolist()).get_indexer(lines["sku"])
-    known = items >= 0
-    customer_codes, customer_ids = pd.factorize(lines["customer_id"][known], sort=True)
-    del lines
-    customer_items = customer_item_matrix(customer_codes, items[known], len(customer_ids), len(inputs.skus))
+    skus = pd.Index(inputs.skus.tolist())
+    shard = staged_line_shard(version, index, skus, low, high) if index is not None else None
+    if shard is None:
+        shard = read_line_shard(as_of, TimeRules.from_config(config).min_date, skus, "", low, high)
+    customer_ids = pd.Index(shard.customer_ids)
+    customer_items = customer_item_matrix(shard.line_customers(), shard.line_items, len(customer_ids), len(skus))
+    del shard
     tier_codes = _shard_tier_codes(inputs.tier_run, customer_ids, low, high)
     payloads = _customer_payloads(customer_items, tier_codes, inputs)
     write_customer_lists(version, zip(customer_ids, payloads))

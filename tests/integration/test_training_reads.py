@@ -12,7 +12,15 @@ import pytest
 from sqlalchemy import text
 
 from services.recommend.lines import SHARD_ORDER_LINES_SQL, TrainingData, load_order_lines
-from services.recommend.training import collect_line_shards, line_shard_key, load_catalogue, stage_line_shard
+from services.recommend.store import customer_payloads
+from services.recommend.training import (
+    collect_line_shards,
+    line_shard_key,
+    load_catalogue,
+    stage_line_shard,
+    train_for_you_shard,
+    train_models,
+)
 from shared.extensions import db, redis_store
 from shared.models import Product
 from tests.factories import AS_OF, small_shop
@@ -88,3 +96,60 @@ def test_train_models_reads_again_a_line_shard_that_is_lost_or_staged_for_anothe
     rejoined = TrainingData(collect_line_shards("v1", AS_OF, config, skus, boundaries), len(skus))
     assert rejoined.baskets.shape[1] == len(skus) == whole.baskets.shape[1] + 1
     assert (rejoined.baskets[:, 1:] != whole.baskets).nnz == 0
+
+
+def test_a_for_you_shard_reads_the_line_shard_of_its_range_and_else_the_database(
+        database_url, app_config, redis_prefix):
+    """The for-you shard of a range builds its customers' histories from the line shard train_models read.
+
+    A missing shard, or one staged for another range, is read from the database instead, and gives the
+    same lists; so a night reads the shop's lines from the database once.
+    """
+    from shared.config import load_config
+
+    small_shop()
+    redis_store.configure(app_config["REDIS_URL"], redis_prefix, socket_timeout=5.0)
+    config = load_config(app_config)
+    boundaries = [(None, "c0040"), ("c0040", "c0080"), ("c0080", None)]
+    for index, (low, high) in enumerate(boundaries):
+        stage_line_shard("v1", index, AS_OF, config, low, high)
+    train_models("v1", AS_OF, config, boundaries)
+    low, high = boundaries[1]
+    in_range = [f"c{number:04d}" for number in range(40, 80)]
+
+    from_shard = train_for_you_shard("v1", AS_OF, config, low, high, 1)
+    lists_from_shard = customer_payloads("v1", in_range)
+    redis_store.client.delete(*(key for key in redis_store.client.scan_iter(f"{redis_prefix}:recs:v1:cust*")))
+    redis_store.client.delete(line_shard_key("v1", 1))
+    assert train_for_you_shard("v1", AS_OF, config, low, high, 1) == from_shard == 40
+    assert customer_payloads("v1", in_range) == lists_from_shard
+    assert all(payload is not None for payload in lists_from_shard)
+
+    # Staged again, then c0041's orders are cancelled: the staged shard (read before) still counts them;
+    # the database, read when the shard is missing or was staged for another range, no longer does.
+    stage_line_shard("v1", 1, AS_OF, config, low, high)
+    with db.engine.begin() as connection:
+        connection.execute(text("UPDATE orders SET status = 'cancelled' WHERE customer_id = 'c0041'"))
+    assert train_for_you_shard("v1", AS_OF, config, low, high, 1) == 40
+    assert train_for_you_shard("v1", AS_OF, config, low, high, None) == 39
+    stage_line_shard("v1", 1, AS_OF, config, low, "c0060")
+    assert train_for_you_shard("v1", AS_OF, config, low, high, 1) == 39
+
+
+def test_a_failed_run_drops_the_line_shards_it_staged(database_url, app_config, redis_prefix):
+    """Line shards live until the for-you fan-out ends; a run that fails before then drops them at once."""
+    from services.pipeline.retrain import begin_run, fail_run
+    from shared.config import load_config
+
+    small_shop()
+    redis_store.configure(app_config["REDIS_URL"], redis_prefix, socket_timeout=5.0)
+    config = load_config(app_config)
+    run = begin_run(config, as_of=AS_OF)
+    for index, (low, high) in enumerate([(None, "c0040"), ("c0040", None)]):
+        stage_line_shard(run.run_id, index, AS_OF, config, low, high)
+    stage_line_shard("another-run", 0, AS_OF, config, None, None)
+
+    fail_run(run.run_id, config, "stopped by the test")
+
+    assert redis_store.client.exists(line_shard_key(run.run_id, 0), line_shard_key(run.run_id, 1)) == 0
+    assert redis_store.client.exists(line_shard_key("another-run", 0)) == 1

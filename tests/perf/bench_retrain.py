@@ -142,6 +142,12 @@ def database_size() -> dict[str, int]:
     return sizes
 
 
+def busy_core_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (every process: workers, PostgreSQL, Redis)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 def measure(url: str, as_of, concurrency: int, shard_size: int, log_dir: Path) -> dict:
     """One whole run on `concurrency` worker processes: step seconds, rows, memory, and the wall time."""
     from services.pipeline import retrain
@@ -160,11 +166,13 @@ def measure(url: str, as_of, concurrency: int, shard_size: int, log_dir: Path) -
     try:
         with RssSampler(worker) as sampler:
             started = time.perf_counter()
+            busy_before = busy_core_seconds()
             run = retrain.begin_run(config, as_of=as_of, trigger="bench")
             launch_workflow(run.run_id)
             while (run := runs.get_run(run.run_id)).status in runs.ACTIVE_STATUSES:
                 time.sleep(0.5)
             wall = time.perf_counter() - started
+            busy = busy_core_seconds() - busy_before
         memory = redis_memory(prefix, run.run_id) if run.status == "published" else {}
     finally:
         worker.terminate()
@@ -173,7 +181,7 @@ def measure(url: str, as_of, concurrency: int, shard_size: int, log_dir: Path) -
     if run.status != "published":
         raise SystemExit(f"run {run.run_id} ended {run.status}: {run.reason} (worker log {log_path})")
     steps = {step["name"]: step for step in run.steps}
-    return {"run_id": run.run_id, "wall": wall, "steps": steps, "redis": memory,
+    return {"run_id": run.run_id, "wall": wall, "busy": busy, "steps": steps, "redis": memory,
             "shard_steps": [step for name, step in steps.items() if name.startswith(SHARD_STEP)],
             "shards": steps["score_customers"].get("detail", {}).get("shards"),
             "worker_peaks_mb": sorted((peak / 2**20 for peak in sampler.peaks.values()), reverse=True),
@@ -195,6 +203,16 @@ def print_table(results: dict[int, dict]) -> None:
         print(line)
     print("load average (1 min) at start / end: " + ", ".join(
         f"{label(count)} {results[count]['load'][0][0]:.2f} / {results[count]['load'][1][0]:.2f}" for count in counts))
+    # The machine's busy CPU seconds bound what more processes can give: a run that keeps the machine
+    # busy for B core-seconds cannot end in less than B / cores, however many workers share it.
+    cores = os.cpu_count()
+    print("machine CPU busy (every process, PostgreSQL and Redis included): " + ", ".join(
+        f"{label(count)} {results[count]['busy']:.0f} core-s = {results[count]['busy'] / results[count]['wall']:.2f} "
+        f"of {cores} cores on average" for count in counts))
+    if 1 in results:
+        floor = results[1]["busy"] / cores
+        print(f"so the same work cannot end in less than {floor:.1f} s on {cores} cores: at most "
+              f"{results[1]['wall'] / floor:.2f}x the one-worker run")
     if 1 in results and 2 in results:
         speedup = results[1]["wall"] / results[2]["wall"]
         verdict = "met" if speedup >= TARGET_SPEEDUP else "MISSED"

@@ -75,13 +75,25 @@ def test_sums_count_known_lines_and_each_customer_once_per_item():
 
 
 def test_a_shard_survives_the_trip_through_redis_bytes():
-    original = shard(order_lines())
+    original = replace(shard(order_lines()), id_range=("c1", None))
     back = LineShard.from_bytes(original.to_bytes())
-    for name in ("line_baskets", "line_items", "basket_times", "basket_keys", "basket_tiers", "revenue",
-                 "item_customers"):
+    for name in ("line_baskets", "line_items", "basket_times", "basket_keys", "basket_tiers", "basket_customers",
+                 "revenue", "item_customers", "customer_ids"):
         np.testing.assert_array_equal(getattr(back, name), getattr(original, name))
-    assert (back.customers, back.tier_run, back.catalogue_key, back.quarantine) == (
-        original.customers, original.tier_run, original.catalogue_key, original.quarantine)
+    assert (back.customers, back.tier_run, back.catalogue_key, back.quarantine, back.id_range) == (
+        original.customers, original.tier_run, original.catalogue_key, original.quarantine, ("c1", None))
+
+
+def test_a_shard_gives_each_customer_the_items_of_their_usable_lines():
+    # What a for-you shard builds its histories from, in place of reading the lines again.
+    staged = shard(order_lines(seed=3))
+    assert staged.customer_ids.tolist() == ["c1", "c2", "c3", "c4"]
+    histories = {}
+    for customer, item in zip(staged.line_customers(), staged.line_items):
+        histories.setdefault(staged.customer_ids[customer], set()).add(SKUS[item])
+    # c5 bought only an unknown sku, and c3's unknown line is left out.
+    assert histories == {"c1": {"apple", "bread"}, "c2": {"cheese", "dates"}, "c3": {"eggs", "apple"},
+                         "c4": {"bread", "cheese"}}
 
 
 def test_shards_read_next_to_different_published_runs_are_refused():
