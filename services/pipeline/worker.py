@@ -15,9 +15,10 @@ import sys
 from datetime import datetime, timezone
 
 from celery import current_task
-from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init
+from celery.signals import setup_logging, task_postrun, task_prerun, worker_init, worker_process_init
 
 from services.pipeline.celery_app import configure_celery, segrec_config
+from shared import native_threads
 from shared.config import load_config
 from shared.extensions import db, redis_store
 from shared.web import DEFAULT_REDIS_URL
@@ -116,6 +117,29 @@ def reset_connections_after_fork(**_kwargs) -> None:
     db.dispose()
     config = segrec_config()
     db.configure(config["DATABASE_URL"], config["SHOP_TIMEZONE"])
+
+
+# Native thread pools start one thread per core in every pool process; with a pool process per core they
+# compete and spin: on the 1M shop with two processes, train_models took 64 s of CPU for 65 s of wall time,
+# and 53 s for 56 s with one thread each (docs/CAPACITY.md [T]). Each pool process gets its share.
+_native_threads_per_process: int | None = None
+
+
+@worker_init.connect
+def size_native_threads(sender=None, **_kwargs) -> None:
+    """In the worker's main process, before its pool forks: each pool process's share of the cores."""
+    global _native_threads_per_process
+    if native_threads.sized_by_operator():
+        return
+    _native_threads_per_process = native_threads.threads_per_process(
+        getattr(sender, "concurrency", None), native_threads.available_cores())
+
+
+@worker_process_init.connect
+def limit_native_threads(**_kwargs) -> None:
+    """In each pool process: its share of native threads."""
+    if _native_threads_per_process is not None:
+        native_threads.limit_native_threads(_native_threads_per_process)
 
 
 celery = build_worker_app()
