@@ -1,13 +1,15 @@
 """Celery tasks of the retrain workflow: thin wrappers that pass run ids and call services/pipeline/retrain.py.
 
-prepare (snapshot + fit) -> chord(train_line_shard per customer-id range) -> fan_out_training ->
+prepare (snapshot) -> chord(fit_customer_models, train_line_shard per customer-id range) -> fan_out_training ->
 chord(train_models, score_shard per customer-id range) -> finish_scoring -> fan_out_for_you ->
 chord(train_for_you_shard per customer-id range) -> finish_for_you -> publish, with mark_failed as the
 error callback of every task (Celery carries link_error through `replace` into the chord's header and
 body). The line shards are the map step of training: each reads its customers' paid lines into compact
 arrays kept in Redis, and train_models joins them, so no process holds the text of the whole shop's
-lines. train_models reads the published run's tiers, never this run's scores, so it runs beside the
-scoring shards: with two or more worker processes the longest serial step overlaps them.
+lines; the for-you shard of the same range reads them again. The line shards and train_models read
+the published run's tiers, never this run's scores, so the line shards run beside the customer-model
+fit and train_models beside the scoring shards: with two or more worker processes the serial steps
+overlap the shards.
 
 Every task is idempotent (it rewrites what it owns under the run id, and does nothing once the run
 has ended) and declared with `segrec_task`: it acks late so a task whose worker process dies is
@@ -55,20 +57,26 @@ def launch_workflow(run_id: str) -> None:
 
 @segrec_task("segrec.retrain.prepare")
 def prepare(self, run_id: str):
-    """Snapshot and fit on everyone, then fan out one line-reading task per customer-id shard."""
+    """Snapshot, then fit the customer models beside one line-reading task per customer-id shard."""
     config = segrec_config()
     if not retrain.still_running(run_id, config):
         return None
     customers, shards = retrain.step_snapshot(run_id, config)
-    retrain.step_fit(run_id, config, customers, shards)
     line_shards = retrain.training_shards(config, shards)
     # The line-reading fan-out is recorded as running from here; train_models closes it with the wall time.
     runs.start_step(run_id, retrain.LINES_STEP, {"shards": len(line_shards)})
-    after_lines = fan_out_training.si(run_id, line_shards, shards)
-    if not line_shards:
-        return self.replace(after_lines)
-    return self.replace(chord(group(train_line_shard.si(run_id, index, low, high)
-                                    for index, (low, high) in enumerate(line_shards)), after_lines))
+    # The fit is first in the group, so a free worker process takes the longest task first.
+    header = [fit_customer_models.si(run_id, customers, shards)]
+    header += [train_line_shard.si(run_id, index, low, high) for index, (low, high) in enumerate(line_shards)]
+    return self.replace(chord(group(header), fan_out_training.si(run_id, line_shards, shards)))
+
+
+@segrec_task("segrec.retrain.fit_customer_models")
+def fit_customer_models(self, run_id: str, customers: int, shards: list) -> None:
+    """Fit RFM edges, BG/NBD and Gamma-Gamma for the scoring shards (rewrites the run's one scorer key)."""
+    config = segrec_config()
+    if retrain.still_running(run_id, config):
+        retrain.step_fit(run_id, config, customers, [tuple(shard) for shard in shards])
 
 
 @segrec_task("segrec.retrain.fan_out_training")

@@ -44,8 +44,8 @@ RUN_TIMEOUT = 60
 SHARD_SIZE = 40
 DEMO_SHARD_SIZE = 250
 # The run's steps in the order they started; the line shards (train_lines_001 ...) follow train_lines, the
-# for-you shards (train_for_you_001 ...) train_for_you.
-STEP_NAMES = ["snapshot", "fit_customer_models", "train_lines", "score_customers", "train_models", "train_for_you",
+# for-you shards (train_for_you_001 ...) train_for_you. The customer-model fit runs beside the line shards.
+STEP_NAMES = ["snapshot", "train_lines", "fit_customer_models", "score_customers", "train_models", "train_for_you",
               "publish"]
 SHARD_STEP = "train_for_you_"
 LINES_SHARD_STEP = "train_lines_"
