@@ -530,6 +530,7 @@ def train_for_you_shard(version: str, as_of: datetime, config: dict, low: str | 
     skus = pd.Index(inputs.skus.tolist())
     shard = staged_line_shard(version, index, skus, low, high) if index is not None else None
     if shard is None:
+        # No tier run: the lists take their tiers from the inputs' run (_shard_tier_codes), not the shard's.
         shard = read_line_shard(as_of, TimeRules.from_config(config).min_date, skus, "", low, high)
     customer_ids = pd.Index(shard.customer_ids)
     customer_items = customer_item_matrix(shard.line_customers(), shard.line_items, len(customer_ids), len(skus))
