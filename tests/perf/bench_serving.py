@@ -50,12 +50,18 @@ wrk.headers["Authorization"] = "Bearer {key}"
 
 
 def start_gunicorn(app_spec: str, port: int, env: dict) -> subprocess.Popen:
-    """gunicorn with the production configuration file, on a loopback port; waits until it answers."""
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("gunicorn")), "-c", str(REPO / "deploy/gunicorn.conf.py"), "--bind",
-         f"127.0.0.1:{port}", "--log-level", "warning", app_spec],
-        env=env, cwd=REPO,
-    )
+    """gunicorn with the production configuration file, on a loopback port; waits until it answers.
+
+    Its JSON access and error logs go to a file of VAR_DIR (one line per request, as in production), so
+    this benchmark's own output stays readable; both apps log alike.
+    """
+    log_path = Path(env["VAR_DIR"]) / f"gunicorn-{port}.log"
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("gunicorn")), "-c", str(REPO / "deploy/gunicorn.conf.py"),
+             "--bind", f"127.0.0.1:{port}", "--log-level", "warning", app_spec],
+            env=env, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
