@@ -383,9 +383,21 @@ def stage_line_shard(version: str, index: int, as_of: datetime, config: dict, lo
     return shard
 
 
+def staged_line_shard(version: str, index: int, catalogue: str, low: str | None,
+                      high: str | None) -> LineShard | None:
+    """Line shard `index` as staged for this catalogue (its catalogue_key) and customer-id range, else None."""
+    payload = redis_store.client.get(line_shard_key(version, index))
+    if payload is None:
+        return None
+    shard = LineShard.from_bytes(payload)
+    if shard.catalogue_key != catalogue or shard.id_range != (low, high):
+        return None
+    return shard
+
+
 def collect_line_shards(version: str, as_of: datetime, config: dict, skus: pd.Index,
                         boundaries: list | None) -> list[LineShard]:
-    """The line shards of `boundaries` as staged; one missing, or staged against another catalogue or
+    """The line shards of `boundaries` as staged; one missing, or staged against another catalogue, range or
     published run, is read again here (so a lost shard costs its own read, not the run).
 
     boundaries None: every customer's lines in one shard read here, nothing staged.
@@ -397,26 +409,13 @@ def collect_line_shards(version: str, as_of: datetime, config: dict, skus: pd.In
     expected = catalogue_key(skus)
     shards = []
     for index, (low, high) in enumerate(boundaries):
-        payload = redis_store.client.get(line_shard_key(version, index))
-        shard = LineShard.from_bytes(payload) if payload is not None else None
-        if shard is None or shard.catalogue_key != expected or shard.tier_run != tier_run:
+        shard = staged_line_shard(version, index, expected, low, high)
+        if shard is None or shard.tier_run != tier_run:
             log.info("line shard read again", extra={"version": version, "index": index,
-                                                     "staged": shard is not None})
+                                                     "staged_next_to": shard.tier_run if shard else None})
             shard = read_line_shard(as_of, min_date, skus, tier_run, low, high)
         shards.append(shard)
     return shards
-
-
-def staged_line_shard(version: str, index: int, skus: pd.Index, low: str | None,
-                      high: str | None) -> LineShard | None:
-    """Line shard `index` as staged for this catalogue and customer-id range, or None (missing or other)."""
-    payload = redis_store.client.get(line_shard_key(version, index))
-    if payload is None:
-        return None
-    shard = LineShard.from_bytes(payload)
-    if shard.catalogue_key != catalogue_key(skus) or shard.id_range != (low, high):
-        return None
-    return shard
 
 
 def drop_line_shards(version: str, count: int | None = None) -> None:
@@ -528,7 +527,7 @@ def train_for_you_shard(version: str, as_of: datetime, config: dict, low: str | 
     """
     inputs = load_for_you_inputs(version)
     skus = pd.Index(inputs.skus.tolist())
-    shard = staged_line_shard(version, index, skus, low, high) if index is not None else None
+    shard = staged_line_shard(version, index, catalogue_key(skus), low, high) if index is not None else None
     if shard is None:
         # No tier run: the lists take their tiers from the inputs' run (_shard_tier_codes), not the shard's.
         shard = read_line_shard(as_of, TimeRules.from_config(config).min_date, skus, "", low, high)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -33,7 +35,7 @@ def test_limiting_sets_the_loaded_pools_and_the_environment_for_later_ones(monke
     try:
         native_threads.limit_native_threads(1)
         assert all(pool["num_threads"] == 1 for pool in threadpool_info())
-        assert {name: native_threads.os.environ[name] for name in native_threads.NATIVE_THREAD_VARIABLES} == {
+        assert {name: os.environ[name] for name in native_threads.NATIVE_THREAD_VARIABLES} == {
             "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     finally:
         for pool in before:
