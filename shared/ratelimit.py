@@ -194,7 +194,7 @@ class RateLimiter:
 
     def _address_key(self) -> tuple[str, Window]:
         budget = self.windows("RATE_LIMIT_FAILED_AUTH")[0]
-        address = request.remote_addr or "unknown"
+        address = request._get_current_object().remote_addr or "unknown"
         return f"{self.prefix}:failed-auth:{address}:{budget.label}", budget
 
     def check(self, key_id: int | None, rate_class: str | None) -> None:
@@ -262,7 +262,7 @@ class RateLimiter:
         tightest = min(zip(windows, leases), key=lambda pair: pair[1].remaining(pair[0]))
         window, lease = tightest
         reset_at = int(time.time() + max(1.0, lease.window_ends - now) + 0.999)
-        g.rate_limit_headers = {"RateLimit-Limit": str(window.amount),
+        g._get_current_object().rate_limit_headers = {"RateLimit-Limit": str(window.amount),
                                 "RateLimit-Remaining": str(lease.remaining(window)),
                                 "RateLimit-Reset": str(reset_at)}
 
@@ -288,8 +288,9 @@ class RateLimiter:
 
 
 def _limiter() -> RateLimiter | None:
-    limiter = current_app.extensions.get(EXTENSION)
-    if limiter is None or not current_app.config.get("RATE_LIMIT_ENABLED", True):
+    app = current_app._get_current_object()
+    limiter = app.extensions.get(EXTENSION)
+    if limiter is None or not app.config.get("RATE_LIMIT_ENABLED", True):
         return None
     return limiter
 
@@ -315,7 +316,7 @@ def count_failed_auth() -> None:
 
 def _send_rate_limit_headers(response):
     """The key's RateLimit-* headers on every answer its budget was counted for (a 429 carries its own)."""
-    headers = g.get("rate_limit_headers")
+    headers = getattr(g._get_current_object(), "rate_limit_headers", None)
     if headers and response.status_code != 429:
         # setdefault, with one pass over the answer's headers instead of two per name (Headers.setdefault
         # scans them to look and again to set): 8 to 2 us a request.

@@ -6,6 +6,7 @@ from flask import Flask
 
 from shared.ratelimit import register_rate_limits
 from shared.web import (
+    SegrecFlask,
     create_api,
     register_auth,
     register_config,
@@ -38,7 +39,7 @@ def published_model_exists() -> bool:
 
 def create_app(config: dict | None = None) -> Flask:
     """Build the recommend app; `config` overrides environment and defaults (tests pass a dict)."""
-    app = Flask(__name__)
+    app = SegrecFlask(__name__)
     register_config(app, config)
     register_request_id(app)
     register_extensions(app)

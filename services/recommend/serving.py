@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from datetime import datetime, timezone
 
 import numpy as np
@@ -22,6 +21,7 @@ from services.recommend.addons import AddOnOptions, best_threshold_gap, suggest_
 from services.recommend.crosssell import merge_neighbor_lists, select_cart_items
 from services.recommend.store import Catalogue, CustomerLists, ListReader, NeighbourSource, decode_customer_lists
 from shared.extensions import db
+from shared.ids import random_id
 from shared.models import Promotion
 
 # At most this many distinct cart lines are looked at: a 500-item cart costs the same as a 100-item one.
@@ -72,7 +72,7 @@ def _answer(items: list[dict], version: str | None, fallback: str | None, **extr
     return {
         "items": items,
         "model_version": version,
-        "recommendation_id": uuid.uuid4().hex,
+        "recommendation_id": random_id(),
         "fallback": fallback,
         **extra,
     }

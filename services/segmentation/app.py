@@ -9,6 +9,7 @@ from services.segmentation.console import register_console
 from shared.metrics import register_run_metrics
 from shared.ratelimit import register_rate_limits
 from shared.web import (
+    SegrecFlask,
     create_api,
     register_auth,
     register_config,
@@ -41,7 +42,7 @@ def published_run_exists() -> bool:
 
 def create_app(config: dict | None = None) -> Flask:
     """Build the segmentation app; `config` overrides environment and defaults (tests pass a dict)."""
-    app = Flask(__name__)
+    app = SegrecFlask(__name__)
     register_config(app, config)
     register_request_id(app)
     register_extensions(app)
