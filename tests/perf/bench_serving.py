@@ -1,10 +1,15 @@
 """Serving benchmark: recommend endpoints and feedback under gunicorn against a no-op Flask endpoint, side by side.
 
-    .venv/bin/python tests/perf/bench_serving.py [--customers 20000] [--seconds 15] [--connections 32] [--cpu-only]
+    .venv/bin/python tests/perf/bench_serving.py [--customers 20000] [--seconds 15] [--connections 32]
+                                                 [--rounds 1] [--cpu-only]
 
 Builds a demo shop in a throwaway PostgreSQL database (or SQLite with --sqlite), trains and publishes,
 then starts gunicorn twice with deploy/gunicorn.conf.py (the recommend app and a no-op app) and loads
-each with wrk (apt-get install wrk) from this machine: throughput ratios and p99 latencies.
+each with wrk (apt-get install wrk) from this machine: throughput ratios and p99 latencies, and the
+gunicorn workers' CPU per request (utime + stime from the kernel over the requests answered), which moves
+far less with other jobs on a shared machine than requests per second do. With --rounds N every
+endpoint is loaded N times (each round in the same order, every endpoint after its no-op) and the
+median ratio is reported too.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+import psutil  # noqa: E402
 import psycopg  # noqa: E402
 import requests  # noqa: E402
 
@@ -73,10 +80,23 @@ def start_gunicorn(app_spec: str, port: int, env: dict) -> subprocess.Popen:
     raise RuntimeError(f"gunicorn for {app_spec} did not start")
 
 
-def run_wrk(url: str, script: str, seconds: int, connections: int) -> dict:
-    """requests/s and latency percentiles from wrk --latency."""
+def workers_cpu_seconds(master: subprocess.Popen) -> float:
+    """User + system CPU seconds the gunicorn master's worker processes have used so far."""
+    total = 0.0
+    for worker in psutil.Process(master.pid).children():
+        try:
+            times = worker.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def run_wrk(url: str, script: str, seconds: int, connections: int, server: subprocess.Popen) -> dict:
+    """requests/s and latency percentiles from wrk --latency, and `server`'s workers' CPU ms per request."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
         handle.write(script)
+    cpu_before = workers_cpu_seconds(server)
     output = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", handle.name, url],
         capture_output=True, text=True, check=True,
@@ -89,8 +109,10 @@ def run_wrk(url: str, script: str, seconds: int, connections: int) -> dict:
         value, unit = float(match.group(1)), match.group(2)
         percentiles[label] = value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    answered = int(re.search(r"(\d+) requests in", output).group(1))
+    cpu_ms = (workers_cpu_seconds(server) - cpu_before) * 1000 / max(answered, 1)
     return {"rps": rate, "p50_ms": percentiles["50"], "p90_ms": percentiles["90"], "p99_ms": percentiles["99"],
-            "non_2xx": int(errors.group(1)) if errors else 0}
+            "non_2xx": int(errors.group(1)) if errors else 0, "worker_cpu_ms": cpu_ms}
 
 
 def in_process_cpu(config: dict, cases: dict, key: str, repeats: int = 2000) -> dict:
@@ -168,11 +190,22 @@ def report_cpu(config: dict, key: str, version: str) -> None:
         print(f"{label:<26}{noop:>10.3f}{endpoint:>13.3f}{endpoint - noop:>10.3f}")
 
 
+# Each endpoint, the no-op it is compared with, and its target ratio (issue 12).
+RATIO_TARGETS = [
+    ("bought-together", "no-op GET", 0.7),
+    ("for-you", "no-op GET", 0.6),
+    ("cart (5 items, add-ons)", "no-op POST", 0.45),
+    ("feedback (20 events)", "no-op POST (feedback body)", 0.6),
+]
+
+
 def load_with_wrk(args, key: str, version: str, env: dict, processes: list) -> None:
     """Start gunicorn for both apps (appended to `processes`), load each endpoint after its no-op, print."""
     noop_port, recommend_port = free_port(), free_port()
-    processes.append(start_gunicorn("tests.perf.noop_app:create_app()", noop_port, env))
-    processes.append(start_gunicorn("services.recommend.app:create_app()", recommend_port, env))
+    noop_server = start_gunicorn("tests.perf.noop_app:create_app()", noop_port, env)
+    processes.append(noop_server)
+    recommend_server = start_gunicorn("services.recommend.app:create_app()", recommend_port, env)
+    processes.append(recommend_server)
 
     catalogue = json.loads(redis_store.client.get(redis_store.key("recs", version, "catalogue")))
     popular = [catalogue["skus"][item] for item, _score in catalogue["popular"][:40]]
@@ -185,38 +218,43 @@ def load_with_wrk(args, key: str, version: str, env: dict, processes: list) -> N
     body = json.dumps(cart)
     feedback = json.dumps(feedback_batch(popular, 20))
     customer = customer_with_list()
-    seconds, connections = args.seconds, args.connections
     base = f"http://127.0.0.1:{noop_port}/noop"
     recommend = f"http://127.0.0.1:{recommend_port}"
-    results = {
-        "no-op GET": run_wrk(base, GET_LUA.format(key=key), seconds, connections),
-        "bought-together": run_wrk(f"{recommend}/v1/items/{anchor}/bought-together",
-                                   GET_LUA.format(key=key), seconds, connections),
-        "for-you": run_wrk(f"{recommend}/v1/customers/{customer}/recommendations", GET_LUA.format(key=key),
-                           seconds, connections),
-        "no-op POST": run_wrk(base, CART_LUA.format(body=body, key=key), seconds, connections),
-        "cart (5 items, add-ons)": run_wrk(f"{recommend}/v1/cart/recommendations",
-                                           CART_LUA.format(body=body, key=key), seconds, connections),
-        "no-op POST (feedback body)": run_wrk(base, CART_LUA.format(body=feedback, key=key), seconds,
-                                              connections),
-        "feedback (20 events)": run_wrk(f"{recommend}/v1/feedback", CART_LUA.format(body=feedback, key=key),
-                                        seconds, connections),
-    }
-    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
-    print(f"\nwrk -t2 -c{connections} -d{seconds}s on 127.0.0.1, gunicorn: deploy/gunicorn.conf.py; "
-          f"load average after the runs {load} on {os.cpu_count()} cores")
-    print(f"{'endpoint':<26}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
-    for label, result in results.items():
-        print(f"{label:<26}{result['rps']:>10.0f}{result['p50_ms']:>9.2f}{result['p90_ms']:>9.2f}"
-              f"{result['p99_ms']:>9.2f}{result['non_2xx']:>9}")
-    ratios = [
-        ("bought-together", "no-op GET", 0.7),
-        ("for-you", "no-op GET", 0.6),
-        ("cart (5 items, add-ons)", "no-op POST", 0.45),
-        ("feedback (20 events)", "no-op POST (feedback body)", 0.6),
+    # (label, url, wrk script, server) in the order they run: each endpoint right after its no-op.
+    loads = [
+        ("no-op GET", base, GET_LUA.format(key=key), noop_server),
+        ("bought-together", f"{recommend}/v1/items/{anchor}/bought-together", GET_LUA.format(key=key),
+         recommend_server),
+        ("for-you", f"{recommend}/v1/customers/{customer}/recommendations", GET_LUA.format(key=key),
+         recommend_server),
+        ("no-op POST", base, CART_LUA.format(body=body, key=key), noop_server),
+        ("cart (5 items, add-ons)", f"{recommend}/v1/cart/recommendations", CART_LUA.format(body=body, key=key),
+         recommend_server),
+        ("no-op POST (feedback body)", base, CART_LUA.format(body=feedback, key=key), noop_server),
+        ("feedback (20 events)", f"{recommend}/v1/feedback", CART_LUA.format(body=feedback, key=key),
+         recommend_server),
     ]
+    rounds = []
+    for round_number in range(1, args.rounds + 1):
+        results = {label: run_wrk(url, script, args.seconds, args.connections, server)
+                   for label, url, script, server in loads}
+        rounds.append(results)
+        print_round(args, results, round_number)
+    if len(rounds) > 1:
+        print_medians(rounds)
+
+
+def print_round(args, results: dict, round_number: int) -> None:
+    """One round's table: rates, latencies, worker CPU per request, and the ratios to the no-op."""
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"\nround {round_number} of {args.rounds}: wrk -t2 -c{args.connections} -d{args.seconds}s on 127.0.0.1, "
+          f"gunicorn: deploy/gunicorn.conf.py; load average after the runs {load} on {os.cpu_count()} cores")
+    print(f"{'endpoint':<28}{'req/s':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'worker CPU ms/req':>19}")
+    for label, result in results.items():
+        print(f"{label:<28}{result['rps']:>8.0f}{result['p50_ms']:>9.2f}{result['p90_ms']:>9.2f}"
+              f"{result['p99_ms']:>9.2f}{result['non_2xx']:>9}{result['worker_cpu_ms']:>19.3f}")
     print()
-    for label, baseline, target in ratios:
+    for label, baseline, target in RATIO_TARGETS:
         ratio = results[label]["rps"] / results[baseline]["rps"]
         print(f"{label + ' / ' + baseline:<52}{ratio:>6.2f}  (target >= {target})")
     print(f"p99 bought-together {results['bought-together']['p99_ms']:.1f} ms, for-you "
@@ -224,11 +262,26 @@ def load_with_wrk(args, key: str, version: str, env: dict, processes: list) -> N
           "(cart target < 25 ms)")
 
 
+def print_medians(rounds: list[dict]) -> None:
+    """Per endpoint: every round's ratio, their median, and the median worker CPU per request."""
+    print(f"\nover {len(rounds)} rounds (each in the same order, every endpoint after its no-op):")
+    print(f"{'endpoint':<26}{'ratios':>26}{'median':>8}{'target':>8}{'CPU ms/req (no-op)':>22}{'median p99':>12}")
+    for label, baseline, target in RATIO_TARGETS:
+        ratios = [results[label]["rps"] / results[baseline]["rps"] for results in rounds]
+        cpu = statistics.median(results[label]["worker_cpu_ms"] for results in rounds)
+        noop_cpu = statistics.median(results[baseline]["worker_cpu_ms"] for results in rounds)
+        p99 = statistics.median(results[label]["p99_ms"] for results in rounds)
+        print(f"{label:<26}{', '.join(f'{ratio:.2f}' for ratio in ratios):>26}{statistics.median(ratios):>8.2f}"
+              f"{target:>8}{f'{cpu:.3f} ({noop_cpu:.3f})':>22}{p99:>10.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="load every endpoint this many times (after its no-op each time); medians at the end")
     parser.add_argument("--sqlite", action="store_true")
     parser.add_argument("--cpu-only", action="store_true",
                         help="only the in-process CPU per request (no gunicorn, no wrk)")
