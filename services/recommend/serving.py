@@ -92,21 +92,17 @@ def _allowed_mask(catalogue: Catalogue, request: Request, skip_items) -> np.ndar
         position = catalogue.index.get(sku)
         if position is not None:
             allowed[position] = False
-    skip = np.asarray(list(skip_items), dtype=np.int64)
+    # A customer's bought items arrive as an array already (a cart's as a set, a product page's as a list).
+    skip = skip_items if isinstance(skip_items, np.ndarray) else np.fromiter(skip_items, dtype=np.int64)
     if skip.size:
         allowed[skip] = False
     return allowed
 
 
 def _item(catalogue: Catalogue, position: int, score: float, reason: str) -> dict:
-    return {
-        "sku": catalogue.skus[position],
-        "name": catalogue.names[position],
-        "category": catalogue.categories[position] or None,
-        "price": float(catalogue.prices[position]),
-        "score": round(float(score), 6),
-        "reason": reason,
-    }
+    sku, name, category, price = catalogue.item_heads[position]
+    return {"sku": sku, "name": name, "category": category, "price": price, "score": round(float(score), 6),
+            "reason": reason}
 
 
 def _popular_items(catalogue: Catalogue, allowed: np.ndarray, limit: int, ranked=None, reason="popular") -> list[dict]:

@@ -200,6 +200,9 @@ class Catalogue:
     category_numbers: dict = field(default_factory=dict)
     # The chosen model's neighbour lists and cart merge inputs (what `current` serves).
     lists: NeighbourSource | None = None
+    # Per item, what every answer shows of it: (sku, name, category or None, price as a float). Built once
+    # per version, so an answer's items are not read from four arrays and converted each time.
+    item_heads: list[tuple] = field(default_factory=list)
 
     @classmethod
     def from_payload(cls, version: str, payload: bytes | str) -> Catalogue:
@@ -237,6 +240,9 @@ class Catalogue:
         # Gross margin per item; NaN where the cost is unknown (add-on ranking then uses the median).
         catalogue.margins = np.full(len(catalogue.skus), np.nan)
         catalogue.margins[priced] = 1.0 - catalogue.costs[priced] / catalogue.prices[priced]
+        catalogue.item_heads = [(sku, name, category or None, price) for sku, name, category, price
+                                in zip(catalogue.skus, catalogue.names, catalogue.categories,
+                                       catalogue.prices.tolist())]
         return catalogue
 
 

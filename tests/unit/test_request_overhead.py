@@ -6,6 +6,7 @@ import random
 import re
 import string
 
+import numpy as np
 import pytest
 from flask.views import MethodView
 from werkzeug.datastructures import EnvironHeaders
@@ -118,3 +119,27 @@ def test_request_id_is_kept_when_acceptable_and_made_otherwise(offered, kept):
         assert answered == offered
     else:
         assert re.fullmatch(r"[0-9a-f]{32}", answered)
+
+
+def test_an_answers_items_read_from_the_item_heads_as_from_the_catalogue_arrays():
+    import json
+
+    from services.recommend.serving import _item
+    from services.recommend.store import Catalogue
+
+    payload = {
+        "skus": ["A", "B", "C"], "names": ["Apple", "Bread", "Cheese"], "categories": ["fruit", "", "dairy"],
+        "prices": [1.5, 2, 0.1], "costs": [None, 1.0, None], "active": [True] * 3, "in_stock": [True] * 3,
+        "repeat_purchase": [False] * 3, "abc": ["A"] * 3, "orders": [5, 4, 3], "informativeness": [1.0] * 3,
+        "popularity_weight": 1.0, "max_cart_items": 20, "popular": [[0, 1.0]], "trending": [], "tier_popular": {},
+    }
+    catalogue = Catalogue.from_payload("v1", json.dumps(payload))
+    for position in range(3):
+        answered = _item(catalogue, position, np.float32(0.1234567891), "because")
+        assert answered == {
+            "sku": catalogue.skus[position], "name": catalogue.names[position],
+            "category": catalogue.categories[position] or None, "price": float(catalogue.prices[position]),
+            "score": round(float(np.float32(0.1234567891)), 6), "reason": "because",
+        }
+        assert type(answered["price"]) is float
+    assert _item(catalogue, 1, 1.0, "x")["category"] is None  # an empty category is shown as null
