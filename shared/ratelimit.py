@@ -262,9 +262,11 @@ class RateLimiter:
         tightest = min(zip(windows, leases), key=lambda pair: pair[1].remaining(pair[0]))
         window, lease = tightest
         reset_at = int(time.time() + max(1.0, lease.window_ends - now) + 0.999)
-        g._get_current_object().rate_limit_headers = {"RateLimit-Limit": str(window.amount),
-                                "RateLimit-Remaining": str(lease.remaining(window)),
-                                "RateLimit-Reset": str(reset_at)}
+        g._get_current_object().rate_limit_headers = {
+            "RateLimit-Limit": str(window.amount),
+            "RateLimit-Remaining": str(lease.remaining(window)),
+            "RateLimit-Reset": str(reset_at),
+        }
 
     def _refuse_address(self, budget: Window, left_ms: int) -> None:
         retry_after = _seconds_left(left_ms)
