@@ -189,9 +189,8 @@ def authenticate(scope: str, rate_class: str | None = None):
     budget and the key's windows in one script, shared/ratelimit.py); any other key is checked against the
     address's budget before the database is asked, and a failed attempt spends that budget.
     """
-    this_request = request._get_current_object()
     verifier: KeyVerifier = current_app.extensions["segrec_keys"]
-    header = this_request.environ.get("HTTP_AUTHORIZATION")
+    header = request._get_current_object().environ.get("HTTP_AUTHORIZATION")
     principal = verifier.cached(header)
     if principal is None:
         check_failed_auth_budget()

@@ -220,7 +220,7 @@ def load_with_wrk(args, key: str, version: str, env: dict, processes: list) -> N
     customer = customer_with_list()
     base = f"http://127.0.0.1:{noop_port}/noop"
     recommend = f"http://127.0.0.1:{recommend_port}"
-    # (label, url, wrk script, server) in the order they run: each endpoint right after its no-op.
+    # (label, url, wrk script, server) in the order they run: every endpoint after its no-op.
     loads = [
         ("no-op GET", base, GET_LUA.format(key=key), noop_server),
         ("bought-together", f"{recommend}/v1/items/{anchor}/bought-together", GET_LUA.format(key=key),
@@ -244,6 +244,11 @@ def load_with_wrk(args, key: str, version: str, env: dict, processes: list) -> N
         print_medians(rounds)
 
 
+def ratio_to_noop(results: dict, label: str, baseline: str) -> float:
+    """An endpoint's requests per second over those of its no-op in the same round."""
+    return results[label]["rps"] / results[baseline]["rps"]
+
+
 def print_round(args, results: dict, round_number: int) -> None:
     """One round's table: rates, latencies, worker CPU per request, and the ratios to the no-op."""
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
@@ -255,8 +260,7 @@ def print_round(args, results: dict, round_number: int) -> None:
               f"{result['p99_ms']:>9.2f}{result['non_2xx']:>9}{result['worker_cpu_ms']:>19.3f}")
     print()
     for label, baseline, target in RATIO_TARGETS:
-        ratio = results[label]["rps"] / results[baseline]["rps"]
-        print(f"{label + ' / ' + baseline:<52}{ratio:>6.2f}  (target >= {target})")
+        print(f"{label + ' / ' + baseline:<52}{ratio_to_noop(results, label, baseline):>6.2f}  (target >= {target})")
     print(f"p99 bought-together {results['bought-together']['p99_ms']:.1f} ms, for-you "
           f"{results['for-you']['p99_ms']:.1f} ms, cart {results['cart (5 items, add-ons)']['p99_ms']:.1f} ms "
           "(cart target < 25 ms)")
@@ -267,7 +271,7 @@ def print_medians(rounds: list[dict]) -> None:
     print(f"\nover {len(rounds)} rounds (each in the same order, every endpoint after its no-op):")
     print(f"{'endpoint':<26}{'ratios':>26}{'median':>8}{'target':>8}{'CPU ms/req (no-op)':>22}{'median p99':>12}")
     for label, baseline, target in RATIO_TARGETS:
-        ratios = [results[label]["rps"] / results[baseline]["rps"] for results in rounds]
+        ratios = [ratio_to_noop(results, label, baseline) for results in rounds]
         cpu = statistics.median(results[label]["worker_cpu_ms"] for results in rounds)
         noop_cpu = statistics.median(results[baseline]["worker_cpu_ms"] for results in rounds)
         p99 = statistics.median(results[label]["p99_ms"] for results in rounds)

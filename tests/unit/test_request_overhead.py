@@ -101,7 +101,10 @@ def test_segrec_flask_still_hands_coroutine_functions_to_async_to_sync():
 def test_segrec_flask_memo_is_bounded(monkeypatch):
     app = SegrecFlask(__name__)
     monkeypatch.setattr(SegrecFlask, "SYNC_MEMO_LIMIT", 10)
-    functions = [eval("lambda: None") for _ in range(25)]  # distinct function objects, as closures made per request
+    def closure():
+        return lambda: None
+
+    functions = [closure() for _ in range(25)]  # distinct function objects, as closures made per request
     for function in functions:
         assert app.ensure_sync(function) is function
     assert len(app._coroutine_functions) <= 10
