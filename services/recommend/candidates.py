@@ -165,12 +165,15 @@ class NeighbourCandidate(BaseEstimator):
         self.item_counts_ = np.asarray(matrix.sum(axis=0)).ravel().astype(np.int64)
         half_life = self.popularity_half_life_days if basket_times is not None else None
         weights = decay_weights(basket_times if basket_times is not None else np.zeros(n_baskets), half_life)
-        popularity = np.asarray(matrix.T @ weights).ravel() / weights.sum()
+        self._set_prior(np.asarray(matrix.T @ weights).ravel() / weights.sum())
+        return matrix, basket_times
+
+    def _set_prior(self, popularity):
+        """Keep the popularity shares and the stored list of the n_popular most popular items."""
         self.popularity_ = popularity
-        order = np.lexsort((np.arange(n_items), -popularity))[: self.n_popular]
+        order = np.lexsort((np.arange(popularity.shape[0]), -popularity))[: self.n_popular]
         self.popular_items_ = order
         self.popular_scores_ = popularity[order] / max(float(popularity.max()), 1e-12)
-        return matrix, basket_times
 
     def _fit_neighbours(self, neighbour_matrix):
         """Prune and scale the neighbour lists, set the blend weight; returns self."""
@@ -261,7 +264,8 @@ class NeighbourCandidate(BaseEstimator):
 class CoPurchaseCandidate(NeighbourCandidate):
     """The current excess-over-chance co-purchase model (cooccurrence.CoPurchaseModel), wrapped.
 
-    beta=None keeps its own prior exactly: popularity shares with weight 1 on unscaled scores.
+    beta=None keeps its own prior exactly: the model's trend-adjusted popularity shares, with weight 1 on
+    unscaled scores (popularity_half_life_days is then unused: it sets the shared prior that a beta blends).
     """
 
     name = "co_purchase"
@@ -276,9 +280,10 @@ class CoPurchaseCandidate(NeighbourCandidate):
         self.popularity_half_life_days = popularity_half_life_days
 
     def _neighbour_matrix(self, matrix, basket_times):
-        model = CoPurchaseModel(n_neighbors=self.n_neighbours, cart=CartScoring(n_popular=self.n_popular),
-                                popularity_half_life_days=self.popularity_half_life_days)
+        model = CoPurchaseModel(n_neighbors=self.n_neighbours, cart=CartScoring(n_popular=self.n_popular))
         self.model_ = model.fit(matrix, basket_times)
+        if self.beta is None:
+            self._set_prior(model.popularity_)
         return model.scores_
 
     def _scale_and_weight(self, raw, popularity):

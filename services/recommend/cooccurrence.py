@@ -32,10 +32,17 @@ the grid on groceries and three synthetic shapes):
   (almost) zero, so the model falls back to popularity exactly where the
   data says nothing, while on shapes with real complements (phone / case)
   the excess is large and dominates.
-* Time decay: staples drift over two years, so the popularity prior uses a
-  60-day half-life (groceries HR@10 0.385 -> 0.40+); pair evidence is
-  sparse, so it is kept undecayed by default (pair_half_life_days=None):
-  decaying it cut the evidence without a measured gain.
+* Time decay: staples drift over two years, so the popularity prior is
+  time-weighted (groceries HR@10 0.385 -> 0.40+ with a 60-day half-life).
+  A decayed mean lags a drifting item by its mean age, so the prior is read
+  off a decay-weighted trend line at the latest order instead
+  (popularity.trend_adjusted_popularity, slopes shrunk unless they stand
+  beyond two standard errors), which affords a 120-day half-life: on the
+  groceries validation weeks the prior alone gained 14.3 hits of 2,370
+  over the 60-day mean (mean of 10 seeds; half-lives of 60, 90 and 180
+  days +3.8, +13.0, +3.8).  Pair evidence is sparse, so it is
+  kept undecayed by default (pair_half_life_days=None): decaying it cut
+  the evidence without a measured gain.
 * Evidence from cart items is summed, not averaged: one strong anchor
   (a phone) must lift its case even when the cart also holds milk and bread.
 
@@ -56,7 +63,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
-from services.recommend.popularity import decay_weights
+from services.recommend.popularity import decay_weights, trend_adjusted_popularity
 
 
 QUANTISATION_STEPS = 2**32 - 1
@@ -144,7 +151,7 @@ class CartScoring:
 
 
 class CoPurchaseModel(BaseEstimator):
-    """Item-to-item co-purchase evidence over a time-decayed popularity prior."""
+    """Item-to-item co-purchase evidence over a time-weighted, trend-adjusted popularity prior."""
 
     def __init__(
         self,
@@ -152,7 +159,7 @@ class CoPurchaseModel(BaseEstimator):
         shrinkage=20.0,
         significance=2.0,
         min_support=2,
-        popularity_half_life_days=60.0,
+        popularity_half_life_days=120.0,
         pair_half_life_days=None,
         cart=CartScoring(),
         block_work=PAIR_BLOCK_WORK,
@@ -190,8 +197,10 @@ class CoPurchaseModel(BaseEstimator):
         self.item_counts_ = np.asarray(matrix.sum(axis=0)).ravel().astype(np.int64)
 
         popularity_decay = self.popularity_half_life_days if basket_times is not None else None
-        popularity_weights = decay_weights(basket_times if basket_times is not None else np.zeros(n_baskets), popularity_decay)
-        self.popularity_ = np.asarray(matrix.T @ popularity_weights).ravel() / popularity_weights.sum()
+        if popularity_decay is not None:
+            self.popularity_ = trend_adjusted_popularity(matrix, basket_times, popularity_decay)
+        else:
+            self.popularity_ = np.asarray(matrix.sum(axis=0)).ravel() / max(n_baskets, 1)
 
         pair_decay = self.pair_half_life_days if basket_times is not None else None
         pair_weights = decay_weights(basket_times if basket_times is not None else np.zeros(n_baskets), pair_decay)

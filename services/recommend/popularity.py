@@ -58,6 +58,58 @@ def item_popularity(baskets, basket_times=None, half_life_days=None, reference_t
     return weighted_counts / total if total > 0 else weighted_counts
 
 
+# A slope counts only by how far it stands beyond this many standard errors (the pair scores' 2-sigma bar).
+TREND_SIGNIFICANCE = 2.0
+
+
+def trend_adjusted_popularity(baskets, basket_times, half_life_days, reference_time=None) -> np.ndarray:
+    """Each item's share of orders at the reference time, read off a decay-weighted line through its history.
+
+    A decayed mean estimates an item's share as it was at the weighted mean age of the orders
+    (half_life / ln 2 back: 87 days at a 60-day half-life), so an item whose sales are climbing or
+    fading is always ranked as it was months ago; a short half-life shrinks that lag but counts fewer
+    orders. A weighted least-squares line through each item's presence over time (Brown's linear
+    exponential smoothing) is read at the reference time instead, so a longer half-life costs no lag.
+
+    On a small shop most slopes are noise, and extrapolating noise reorders items whose shares are
+    close. So each slope is shrunk by max(0, 1 - (TREND_SIGNIFICANCE / z)^2), z being the slope over its
+    standard error: a trend that two standard errors explain is dropped (the item keeps its decayed
+    mean), a clear one is kept nearly whole (the positive-part James-Stein rule).
+
+    A fading item's line can cross zero: its share is then kept at a hundredth of its decayed mean, so
+    such items stay below every item still selling and keep their order among themselves; a share
+    never goes above 1.
+    """
+    baskets = _as_csr(baskets)
+    times = np.asarray(basket_times, dtype=float)
+    if times.shape != (baskets.shape[0],):
+        raise InvalidPopularityInputError("basket_times must have one entry per basket")
+    if reference_time is None:
+        reference_time = times.max() if times.size else 0.0
+    weights = decay_weights(times, half_life_days, reference_time)
+    total = weights.sum()
+    if total <= 0:
+        return np.zeros(baskets.shape[1])
+    presence = baskets.copy()
+    presence.data = np.ones_like(presence.data, dtype=float)
+    offsets = times - reference_time
+    mean_offset = float(weights @ offsets) / total
+    centred = offsets - mean_offset
+    spread = float(weights @ centred**2)
+    level = np.asarray(presence.T @ weights).ravel() / total
+    if spread <= 0:
+        # Every order on one day: no line to draw, the mean is the estimate.
+        return level
+    slope = np.asarray(presence.T @ (weights * centred)).ravel() / spread
+    # Orders hold an item or not (a Bernoulli draw with the item's share): the slope's sampling variance.
+    slope_variance = float(weights**2 @ centred**2) * level * (1.0 - level) / spread**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        noise_share = TREND_SIGNIFICANCE**2 * slope_variance / slope**2
+    kept_share = np.clip(1.0 - np.nan_to_num(noise_share, nan=1.0, posinf=1.0), 0.0, 1.0)
+    at_reference = level - kept_share * slope * mean_offset
+    return np.minimum(np.maximum(at_reference, level / 100.0), 1.0)
+
+
 def top_popular(popularity, n, exclude_mask=None) -> np.ndarray:
     """Indices of the n most popular items, ties by lower index, excluded items skipped."""
     popularity = np.asarray(popularity, dtype=float)

@@ -20,6 +20,8 @@ from tests.conftest import TEST_DATA
 
 GROCERIES = TEST_DATA / "groceries.csv"
 BEST_PUBLIC_HIT_RATE = 0.390
+# The bar the product promises on this protocol (issue 10): 1,212 of the 2,954 cases.
+TARGET_HIT_RATE = 0.41
 
 
 def sku_of(name: str) -> str:
@@ -85,15 +87,16 @@ def test_cart_cross_sell_beats_every_public_figure_on_groceries(
     hit_rate = hits / len(cases)
     print(f"groceries HR@10 through HTTP: {hit_rate:.4f} ({hits}/{len(cases)})")
     assert hit_rate > BEST_PUBLIC_HIT_RATE
+    assert hit_rate >= TARGET_HIT_RATE
     # The known answer of this deterministic protocol (seed 42): a change of score or ranking moves it.
-    assert (hits, len(cases)) == (1208, 2954)
+    assert (hits, len(cases)) == (1216, 2954)
     # Per-shop selection keeps today's model on groceries (no candidate beats it beyond the noise).
     assert run.metrics["model_selection"]["chosen"]["params"] == {"beta": None}
     # The evaluation stored with the run measures the same model on its own split of the imported orders
     # (2,370 sampled held-out cases), next to popularity on the same cases. Orders of one day tie on time
     # and are ordered by a hash of their id (services/recommend/lines.py), so both databases give one answer.
     assert run.metrics["recommendations"]["evaluation"] == {
-        "cases": 2370, "hr_at_10": 0.3996, "ndcg_at_10": 0.2119, "coverage_at_10": 0.1856,
-        "popularity_hr_at_10": 0.3586, "popularity_ndcg_at_10": 0.1981, "hr_lift_over_popularity": 0.0409,
+        "cases": 2370, "hr_at_10": 0.4004, "ndcg_at_10": 0.2127, "coverage_at_10": 0.1737,
+        "popularity_hr_at_10": 0.3586, "popularity_ndcg_at_10": 0.1981, "hr_lift_over_popularity": 0.0418,
         "model": {"name": "co_purchase", "params": {"beta": None}},
     }
