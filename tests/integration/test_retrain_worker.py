@@ -473,8 +473,10 @@ def test_whole_worker_killed_leaves_a_stale_run_that_the_next_trigger_takes_over
     assert busy.status_code == 200 and busy.json["run_id"] == stale_id
 
     time.sleep(3.5)
-    replacement = start_workers(RETRAIN_STALE_SECONDS=3)
+    # The trigger comes before the replacement worker: a worker started first may run one of the stale run's
+    # tasks still waiting in the queue, and that task's step is a sign of life that makes the run look alive.
     new_id = start_run(client, admin)
+    replacement = start_workers(RETRAIN_STALE_SECONDS=3)
     stale = runs.get_run(stale_id)
     assert stale.status == "failed"
     assert "no progress" in stale.reason and new_id in stale.reason
