@@ -26,6 +26,13 @@ def _as_csr(baskets) -> sp.csr_matrix:
     return sp.csr_matrix(baskets)
 
 
+def _presence(baskets: sp.csr_matrix) -> sp.csr_matrix:
+    """The baskets with every stored entry set to 1: an item listed twice in a basket counts once."""
+    presence = baskets.copy()
+    presence.data = np.ones_like(presence.data, dtype=float)
+    return presence
+
+
 def decay_weights(basket_times, half_life_days, reference_time=None) -> np.ndarray:
     """Weight per basket: 0.5 ** (age / half_life); all ones when half_life is None."""
     times = np.asarray(basket_times, dtype=float)
@@ -50,9 +57,7 @@ def item_popularity(baskets, basket_times=None, half_life_days=None, reference_t
         if len(basket_times) != n_baskets:
             raise InvalidPopularityInputError("basket_times must have one entry per basket")
         weights = decay_weights(basket_times, half_life_days, reference_time)
-    # Binary presence so an item listed twice in a basket still counts once.
-    presence = baskets.copy()
-    presence.data = np.ones_like(presence.data, dtype=float)
+    presence = _presence(baskets)
     weighted_counts = np.asarray(presence.T @ weights).ravel()
     total = weights.sum()
     return weighted_counts / total if total > 0 else weighted_counts
@@ -90,8 +95,7 @@ def trend_adjusted_popularity(baskets, basket_times, half_life_days, reference_t
     total = weights.sum()
     if total <= 0:
         return np.zeros(baskets.shape[1])
-    presence = baskets.copy()
-    presence.data = np.ones_like(presence.data, dtype=float)
+    presence = _presence(baskets)
     offsets = times - reference_time
     mean_offset = float(weights @ offsets) / total
     centred = offsets - mean_offset
@@ -139,8 +143,7 @@ def popularity_by_group(baskets, basket_groups, n_groups=None, basket_times=None
     if basket_times is not None and half_life_days is not None:
         weights = decay_weights(basket_times, half_life_days)
     membership = sp.csr_matrix((weights, (groups, np.arange(groups.shape[0]))), shape=(n_groups, baskets.shape[0]))
-    presence = baskets.copy()
-    presence.data = np.ones_like(presence.data, dtype=float)
+    presence = _presence(baskets)
     counts = np.asarray((membership @ presence).todense())
     group_totals = np.asarray(membership.sum(axis=1)).ravel()
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -184,8 +187,7 @@ def trending_scores(baskets, basket_times, recent_days=14.0, past_days=56.0, smo
     age = reference_time - times
     recent = (age >= 0) & (age < recent_days)
     past = (age >= recent_days) & (age < recent_days + past_days)
-    presence = baskets.copy()
-    presence.data = np.ones_like(presence.data, dtype=float)
+    presence = _presence(baskets)
     recent_counts = np.asarray(presence.T @ recent.astype(float)).ravel()
     past_counts = np.asarray(presence.T @ past.astype(float)).ravel()
     # Past counts rescaled to the recent window, with a floor so brand-new items
