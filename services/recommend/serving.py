@@ -87,7 +87,9 @@ def _allowed_mask(catalogue: Catalogue, request: Request, skip_items) -> np.ndar
     """Items that may be shown: sellable, in the asked category, not excluded, not in skip_items."""
     allowed = catalogue.sellable.copy()
     if request.category:
-        allowed &= np.asarray(catalogue.categories, dtype=object) == request.category
+        # By the categories' numbers: comparing the names built an object array of the whole catalogue per
+        # request (2.6 ms at 50,000 items, against 0.03 ms).
+        allowed &= catalogue.category_codes == catalogue.category_numbers.get(request.category, -1)
     for sku in request.exclude:
         position = catalogue.index.get(sku)
         if position is not None:
@@ -107,7 +109,8 @@ def _item(catalogue: Catalogue, position: int, score: float, reason: str) -> dic
 
 def _popular_items(catalogue: Catalogue, allowed: np.ndarray, limit: int, ranked=None, reason="popular") -> list[dict]:
     ranked = catalogue.popular_items if ranked is None else np.asarray(ranked, dtype=np.int64)
-    picks = [int(item) for item in ranked if allowed[item]][:limit]
+    # Masked in numpy: a loop over the ranked items read each flag as a numpy scalar (about 40 us for 200).
+    picks = ranked[allowed[ranked]][:limit].tolist()
     total_orders = max(int(catalogue.orders.max(initial=0)), 1)
     items = []
     for rank, item in enumerate(picks):
