@@ -23,6 +23,7 @@ from services.recommend.training import (
     drop_line_shards,
     publish_version,
     stage_line_shard,
+    train_bundles,
     train_for_you_shard,
     train_models,
     warm_cache,
@@ -52,6 +53,7 @@ SCORER_TTL_SECONDS = 86_400
 KEEP_PUBLISHED_RUNS = 3
 SCORE_STEP = "score_customers"
 TRAIN_MODELS_STEP = "train_models"
+TRAIN_BUNDLES_STEP = "train_bundles"
 # The line-reading fan-out as a whole (wall time, lines); each shard is a step of its own, LINES_STEP_nnn.
 LINES_STEP = "train_lines"
 # The for-you fan-out as a whole (wall time, customers); each shard is a step of its own, FOR_YOU_STEP_nnn.
@@ -327,6 +329,16 @@ def step_train_models(run_id: str, config: dict, shards: list | None = None) -> 
     return metrics
 
 
+def step_train_bundles(run_id: str, config: dict, shards: list | None = None) -> int:
+    """Build the bundles from the staged line shards and stage them under the run's version; returns their count."""
+    run = runs.get_run(run_id)
+    with runs.timed_step(run_id, TRAIN_BUNDLES_STEP) as info, step_resources(info):
+        metrics = train_bundles(run_id, run.as_of, config, [tuple(shard) for shard in shards] if shards else None)
+        info["rows"] = metrics["bundles"]
+        info["detail"] = {"order_lines": metrics["order_lines"], "seconds": metrics["seconds"]}
+    return metrics["bundles"]
+
+
 def reset_peak_memory() -> None:
     """Start a new peak-RSS window for this process, so a step reports its own peak (Linux only)."""
     # Writing 5 to clear_refs resets VmHWM (Linux 4.0+); elsewhere the peak is the process's lifetime peak.
@@ -570,6 +582,7 @@ def retrain_now(config: dict, as_of: datetime | None = None, trigger: str = "man
         step_train_line_shards_all(run.run_id, config, line_shards)
         step_score_all(run.run_id, shards)
         step_train_models(run.run_id, config, line_shards)
+        step_train_bundles(run.run_id, config, line_shards)
         step_train_for_you_all(run.run_id, config, line_shards)
         finished = step_evaluate_and_publish(run.run_id, config)
     except BaseException as error:

@@ -1,7 +1,7 @@
 """Celery tasks of the retrain workflow: thin wrappers that pass run ids and call services/pipeline/retrain.py.
 
 prepare (snapshot) -> chord(fit_customer_models, train_line_shard per customer-id range) -> fan_out_training ->
-chord(train_models, score_shard per customer-id range) -> finish_scoring -> fan_out_for_you ->
+chord(train_models, train_bundles, score_shard per customer-id range) -> finish_scoring -> fan_out_for_you ->
 chord(train_for_you_shard per customer-id range) -> finish_for_you -> publish, with mark_failed as the
 error callback of every task (Celery carries link_error through `replace` into the chord's header and
 body). The line shards are the map step of training: each reads its customers' paid lines into compact
@@ -81,16 +81,18 @@ def fit_customer_models(self, run_id: str, customers: int, shards: list) -> None
 
 @segrec_task("segrec.retrain.fan_out_training")
 def fan_out_training(self, run_id: str, line_shards: list, shards: list):
-    """train_models beside one scoring task per customer-id shard, then the for-you fan-out.
+    """train_models and train_bundles beside one scoring task per customer-id shard, then the for-you fan-out.
 
-    train_models is first in the group, so a free worker process takes the longest task first and the
-    others score while it trains (it reads the published run's tiers, never this run's scores).
+    train_models is first in the group and train_bundles second, so free worker processes take the longest
+    tasks first and the others score while they train (both read the published run's tiers, never this
+    run's scores).
     """
     if not retrain.still_running(run_id, segrec_config()):
         return None
     # The score step is recorded as running from here; finish_scoring closes it with the wall time.
     runs.start_step(run_id, retrain.SCORE_STEP, {"shards": len(shards)})
-    header = [train_models.si(run_id, line_shards)] + [score_shard.si(run_id, low, high) for low, high in shards]
+    header = [train_models.si(run_id, line_shards), train_bundles.si(run_id, line_shards)]
+    header += [score_shard.si(run_id, low, high) for low, high in shards]
     return self.replace(chord(group(header), chain(finish_scoring.si(run_id, len(shards)),
                                                    fan_out_for_you.si(run_id, line_shards))))
 
@@ -127,6 +129,15 @@ def train_models(self, run_id: str, line_shards: list | None = None) -> int | No
         return None
     retrain.finish_line_shards(run_id, len(line_shards or []))
     return retrain.step_train_models(run_id, config, line_shards).get("order_lines")
+
+
+@segrec_task("segrec.retrain.train_bundles")
+def train_bundles(self, run_id: str, line_shards: list | None = None) -> int | None:
+    """Build the bundles from the line shards and stage them under the run's version; returns their count."""
+    config = segrec_config()
+    if not retrain.still_running(run_id, config):
+        return None
+    return retrain.step_train_bundles(run_id, config, line_shards)
 
 
 @segrec_task("segrec.retrain.fan_out_for_you")

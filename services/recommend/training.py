@@ -61,6 +61,8 @@ from shared.runs import ACTIVE_STATUSES, PREVIOUS_RUN, current_run_id, get_point
 log = logging.getLogger("segrec.recommend.training")
 
 NEIGHBOURS_STORED = 50
+# The list kind train_bundles writes into a version; train_models' rewrite of the version leaves it alone.
+BUNDLES_KIND = "bundles"
 POPULAR_STORED = 200
 FOR_YOU_STORED = 20
 MAX_EVALUATION_CASES = 5000
@@ -431,41 +433,45 @@ def drop_line_shards(version: str, count: int | None = None) -> None:
         redis_store.client.delete(*keys)
 
 
-def train_models(run_id: str, as_of: datetime, config: dict, boundaries: list | None = None) -> dict:
+def load_training_inputs(run_id: str, as_of: datetime, config: dict,
+                         boundaries: list | None = None) -> tuple[pd.DataFrame, TrainingData | None]:
+    """The catalogue and the joined line shards of the ranges `boundaries` (None: read here in one shard).
+
+    The data is None when the catalogue is empty.
+    """
+    catalogue = load_catalogue(db.engine)
+    if catalogue.empty:
+        return catalogue, None
+    return catalogue, TrainingData(collect_line_shards(run_id, as_of, config, pd.Index(catalogue["sku"]),
+                                                       boundaries), len(catalogue))
+
+
+def train_models(run_id: str, as_of: datetime, config: dict, boundaries: list | None = None,
+                 inputs: tuple | None = None) -> dict:
     """Train on paid orders up to as_of and stage the shared lists under version `run_id` (not yet served).
 
     Joins the line shards of the customer-id ranges `boundaries` (staged by `stage_line_shard`; None:
-    read here in one shard). Stages the catalogue, neighbour lists and bundles, the candidate variants
-    that experiments name (`stage_variants`), and the for-you inputs that the per-customer shards
-    (`train_for_you_shard`) read; the per-customer lists are theirs to write.
+    read here in one shard), unless `inputs` (`load_training_inputs`) are given. Stages the catalogue
+    and neighbour lists, the candidate variants that experiments name (`stage_variants`), and the
+    for-you inputs that the per-customer shards (`train_for_you_shard`) read; the per-customer lists
+    are theirs to write, the bundles `train_bundles`'.
     """
     timings: dict[str, float] = {}
     step = time.perf_counter()
-    catalogue = load_catalogue(db.engine)
-    if catalogue.empty:
+    catalogue, data = inputs or load_training_inputs(run_id, as_of, config, boundaries)
+    if data is None:
         stage_empty_version(run_id)
         return {"order_lines": 0, "items": 0, "evaluation": {"skipped": "no products"}}
-    data = TrainingData(collect_line_shards(run_id, as_of, config, pd.Index(catalogue["sku"]), boundaries),
-                        len(catalogue))
     quarantined = data.quarantine
     timings["load"] = time.perf_counter() - step
 
-    step = time.perf_counter()
     if data.order_lines == 0:
         stage_empty_version(run_id, catalogue["sku"].to_numpy(dtype=str))
         return {"order_lines": 0, "items": int(data.n_items), "evaluation": {"skipped": "no paid orders"},
                 "quarantine": quarantined}
-    # Bundles keep their count-based co-purchase evidence, whatever model ranks the lists.
-    co_purchase = CoPurchaseModel(cart=CartScoring(n_popular=POPULAR_STORED)).fit(data.baskets, data.basket_times)
     item_counts = np.asarray(data.baskets.sum(axis=0)).ravel()
-    timings["co_purchase"] = time.perf_counter() - step
-
-    step = time.perf_counter()
     skus = catalogue["sku"].to_numpy()
     abc = abc_classes(data.revenue)
-    bundles = build_bundles(co_purchase, _bundle_catalogue(catalogue, abc),
-                            BundleOptions(pricing=BundlePricing(margin_floor=config["BUNDLE_MARGIN_FLOOR"])))
-    timings["bundles"] = time.perf_counter() - step
 
     step = time.perf_counter()
     chosen, selection, evaluation = select_and_evaluate(data, config, _current_choice())
@@ -480,8 +486,7 @@ def train_models(run_id: str, as_of: datetime, config: dict, boundaries: list | 
     tier_popular = _tier_popularity(data)
     catalogue_payload = _catalogue_payload(catalogue, model, abc, trending, tier_popular, item_counts)
     neighbour_payloads = _neighbour_payloads(model, data.baskets, skus)
-    bundle_payloads = _bundle_payloads(bundles, skus)
-    write_shared_lists(run_id, catalogue_payload, neighbour_payloads, bundle_payloads)
+    write_shared_lists(run_id, catalogue_payload, neighbour_payloads)
     stage_for_you_inputs(run_id, _for_you_inputs(data, catalogue, model))
     timings["stage"] = time.perf_counter() - step
     step = time.perf_counter()
@@ -496,13 +501,39 @@ def train_models(run_id: str, as_of: datetime, config: dict, boundaries: list | 
         "items": int(data.n_items),
         "customers": int(data.n_customers),
         "items_with_neighbours": len(neighbour_payloads),
-        "bundles": len(bundles),
         "abc": {label: int((abc == label).sum()) for label in ("A", "B", "C")},
         "evaluation": evaluation,
         "model_selection": selection,
         "seconds": {name: round(value, 3) for name, value in timings.items()},
         "quarantine": quarantined,
     }
+
+
+def train_bundles(run_id: str, as_of: datetime, config: dict, boundaries: list | None = None,
+                  inputs: tuple | None = None) -> dict:
+    """Count co-purchases over the same line shards as train_models and stage the bundles under version `run_id`.
+
+    Bundles are priced on count-based co-purchase evidence whatever model ranks the lists, so they need
+    nothing of model selection: as a task of their own they are built while train_models selects (at 1M
+    customers the counts alone were 8 s of train_models' serial minute). `inputs` as for train_models.
+    """
+    timings: dict[str, float] = {}
+    step = time.perf_counter()
+    catalogue, data = inputs or load_training_inputs(run_id, as_of, config, boundaries)
+    timings["load"] = time.perf_counter() - step
+    bundles = []
+    if data is not None and data.order_lines:
+        step = time.perf_counter()
+        co_purchase = CoPurchaseModel(cart=CartScoring(n_popular=POPULAR_STORED)).fit(data.baskets,
+                                                                                      data.basket_times)
+        timings["co_purchase"] = time.perf_counter() - step
+        step = time.perf_counter()
+        bundles = build_bundles(co_purchase, _bundle_catalogue(catalogue, abc_classes(data.revenue)),
+                                BundleOptions(pricing=BundlePricing(margin_floor=config["BUNDLE_MARGIN_FLOOR"])))
+        timings["bundles"] = time.perf_counter() - step
+    write_bundle_lists(run_id, _bundle_payloads(bundles, catalogue["sku"].to_numpy()))
+    return {"bundles": len(bundles), "order_lines": int(data.order_lines) if data is not None else 0,
+            "seconds": {name: round(value, 3) for name, value in timings.items()}}
 
 
 def _bundle_catalogue(catalogue: pd.DataFrame, abc: np.ndarray) -> BundleCatalogue:
@@ -552,7 +583,16 @@ def _shard_tier_codes(tier_run: str, customer_ids: pd.Index, low: str | None, hi
 
 def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
     """Train the models and every customer's lists in this process (one shard of all customers)."""
-    metrics = train_models(run_id, as_of, config)
+    started = time.perf_counter()
+    inputs = load_training_inputs(run_id, as_of, config)
+    load_seconds = time.perf_counter() - started
+    metrics = train_models(run_id, as_of, config, inputs=inputs)
+    bundles = train_bundles(run_id, as_of, config, inputs=inputs)
+    metrics["bundles"] = bundles["bundles"]
+    seconds = metrics.setdefault("seconds", {})
+    seconds["load"] = round(load_seconds, 3)
+    seconds["co_purchase"] = bundles["seconds"].get("co_purchase", 0.0)
+    seconds["bundles"] = bundles["seconds"].get("bundles", 0.0)
     started = time.perf_counter()
     metrics["customers"] = train_for_you_shard(run_id, as_of, config, None, None)
     metrics.setdefault("seconds", {})["for_you"] = round(time.perf_counter() - started, 3)
@@ -604,16 +644,30 @@ def _customer_payloads(customer_items: sp.csr_matrix, tier_codes: np.ndarray, in
 def write_version(version: str, catalogue_payload: str, neighbours: dict[str, str], bundles: dict[str, str],
                   customers) -> None:
     """Write a version's shared lists and its customers' lists (see the two writers)."""
-    write_shared_lists(version, catalogue_payload, neighbours, bundles)
+    write_shared_lists(version, catalogue_payload, neighbours)
+    write_bundle_lists(version, bundles)
     write_customer_lists(version, customers)
 
 
-def write_shared_lists(version: str, catalogue_payload: str, neighbours: dict[str, str],
-                       bundles: dict[str, str]) -> None:
-    """Write a version's catalogue, neighbour and bundle lists anew (Redis with a TTL, and the database)."""
+def write_shared_lists(version: str, catalogue_payload: str, neighbours: dict[str, str]) -> None:
+    """Write a version's catalogue and neighbour lists anew (Redis with a TTL, and the database).
+
+    Every database row of the version but its bundles is dropped first, so a retried train_models never
+    doubles a row (the variants it stages after are written again too); the bundles are train_bundles',
+    which may have written them already.
+    """
     with db.session() as session:
-        session.execute(delete(RecommendationList).where(RecommendationList.model_version == version))
-    write_lists(version, {"catalogue": {"-": catalogue_payload}, "nb": neighbours, "bundles": bundles})
+        session.execute(delete(RecommendationList).where(RecommendationList.model_version == version,
+                                                         RecommendationList.kind != BUNDLES_KIND))
+    write_lists(version, {"catalogue": {"-": catalogue_payload}, "nb": neighbours})
+
+
+def write_bundle_lists(version: str, bundles: dict[str, str]) -> None:
+    """Write a version's bundle lists anew (a retried train_bundles replaces its own rows, and only them)."""
+    with db.session() as session:
+        session.execute(delete(RecommendationList).where(RecommendationList.model_version == version,
+                                                         RecommendationList.kind == BUNDLES_KIND))
+    write_lists(version, {BUNDLES_KIND: bundles})
 
 
 def write_lists(version: str, lists: dict[str, dict[str, str]]) -> None:
@@ -660,7 +714,7 @@ def stage_empty_version(version: str, skus: np.ndarray | None = None) -> None:
                                   "active": [], "in_stock": [], "repeat_purchase": [], "abc": [], "orders": [],
                                   "informativeness": [], "popularity_weight": 1.0, "max_cart_items": 20,
                                   "popular": [], "trending": [], "tier_popular": {}})
-    write_shared_lists(version, empty_catalogue, {}, {})
+    write_shared_lists(version, empty_catalogue, {})
     stage_for_you_inputs(version, ForYouInputs.empty(np.zeros(0, dtype=str) if skus is None else skus))
 
 

@@ -197,7 +197,7 @@ def test_runs_endpoints(client, ops, make_key, shop):
     # In the order they started: the for-you fan-out starts before its shards.
     assert [step["name"] for step in detail["steps"]] == [
         "snapshot", "fit_customer_models", "train_lines", "train_lines_001", "score_customers", "train_models",
-        "train_for_you", "train_for_you_001", "publish"]
+        "train_bundles", "train_for_you", "train_for_you_001", "publish"]
     # Ten products: any top 10 holds the hidden item, so HR@10 is 1 for both; the ranking (NDCG) tells them apart.
     assert detail["metrics"]["recommendations"]["evaluation"] == {
         "cases": 77, "hr_at_10": 1.0, "ndcg_at_10": 0.9097, "coverage_at_10": 1.0,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from services.recommend.lines import SHARD_ORDER_LINES_SQL, TrainingData, load_order_lines
 from services.recommend.store import customer_payloads
@@ -18,11 +18,12 @@ from services.recommend.training import (
     line_shard_key,
     load_catalogue,
     stage_line_shard,
+    train_bundles,
     train_for_you_shard,
     train_models,
 )
 from shared.extensions import db, redis_store
-from shared.models import Product
+from shared.models import Product, RecommendationList
 from tests.factories import AS_OF, small_shop
 
 COLUMNS = ["order_id", "customer_id", "placed_at", "sku", "revenue"]
@@ -96,6 +97,42 @@ def test_train_models_reads_again_a_line_shard_that_is_lost_or_staged_for_anothe
     rejoined = TrainingData(collect_line_shards("v1", AS_OF, config, skus, boundaries), len(skus))
     assert rejoined.baskets.shape[1] == len(skus) == whole.baskets.shape[1] + 1
     assert (rejoined.baskets[:, 1:] != whole.baskets).nnz == 0
+
+
+def _rows_by_kind(version: str) -> dict[str, tuple[int, int]]:
+    """(rows, distinct keys) per list kind of a version in the database copy."""
+    with db.session() as session:
+        rows = session.execute(select(RecommendationList.kind, func.count(),
+                                      func.count(func.distinct(RecommendationList.list_key)))
+                               .where(RecommendationList.model_version == version)
+                               .group_by(RecommendationList.kind)).all()
+    return {kind: (count, distinct) for kind, count, distinct in rows}
+
+
+def test_train_models_and_train_bundles_each_rewrite_only_their_own_lists(database_url, app_config, redis_prefix):
+    """The two tasks run side by side on the same version, in either order, and either may be retried:
+    neither drops what the other wrote, and a retried one replaces its own rows without doubling them."""
+    from shared.config import load_config
+
+    small_shop()
+    redis_store.configure(app_config["REDIS_URL"], redis_prefix, socket_timeout=5.0)
+    config = load_config(app_config)
+    boundaries = [(None, "c0060"), ("c0060", None)]
+    for index, (low, high) in enumerate(boundaries):
+        stage_line_shard("v1", index, AS_OF, config, low, high)
+
+    bundles = train_bundles("v1", AS_OF, config, boundaries)
+    trained = train_models("v1", AS_OF, config, boundaries)
+    first = _rows_by_kind("v1")
+    assert bundles["bundles"] > 0 and bundles["order_lines"] == trained["order_lines"] > 0
+    assert first["bundles"][0] == first["bundles"][1] > 0
+    assert first["nb"][0] == first["nb"][1] == trained["items_with_neighbours"]
+    assert first["catalogue"] == (1, 1)
+    assert redis_store.client.get(f"{redis_prefix}:recs:v1:bundles:TEA-1") is not None
+
+    train_models("v1", AS_OF, config, boundaries)  # retried after the bundles were written
+    train_bundles("v1", AS_OF, config, boundaries)  # retried after train_models
+    assert _rows_by_kind("v1") == first
 
 
 def test_a_for_you_shard_reads_the_line_shard_of_its_range_and_else_the_database(
