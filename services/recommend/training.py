@@ -165,8 +165,8 @@ def _neighbour_payloads(model, baskets: sp.csr_matrix, skus: np.ndarray) -> dict
     rows = np.repeat(np.arange(scores.shape[0]), np.diff(scores.indptr))
     together_all = np.asarray(counts[rows, scores.indices]).ravel() if scores.nnz else np.zeros(0, np.int64)
     # One sort of every stored entry (by item, best score first, ties by the lower neighbour) and one conversion
-    # to Python numbers; each item then encodes a slice. Sorting, rounding and encoding item by item took 4.2 s
-    # of train_models at 1M customers (2.5M entries), against 1 s this way.
+    # to Python numbers; each item then encodes a slice. Sorting, rounding and encoding item by item made this
+    # function take 11.6-13.2 s at 1M customers (2.5M entries), against 8.4-8.8 s this way, pair counts included.
     order = np.lexsort((scores.indices, -scores.data, rows))
     neighbours = scores.indices[order].tolist()
     values = np.round(scores.data[order].astype(np.float64), 6).tolist()
