@@ -19,7 +19,14 @@ from sqlalchemy import select
 
 from services.recommend.addons import AddOnOptions, best_threshold_gap, suggest_add_ons
 from services.recommend.crosssell import merge_neighbor_lists, select_cart_items
-from services.recommend.store import Catalogue, CustomerLists, ListReader, NeighbourSource, decode_customer_lists
+from services.recommend.store import (
+    BUNDLES_KIND,
+    Catalogue,
+    CustomerLists,
+    ListReader,
+    NeighbourSource,
+    decode_customer_lists,
+)
 from shared.extensions import db
 from shared.ids import random_id
 from shared.models import Promotion
@@ -88,7 +95,7 @@ def _allowed_mask(catalogue: Catalogue, request: Request, skip_items) -> np.ndar
     allowed = catalogue.sellable.copy()
     if request.category:
         # By the categories' numbers: comparing the names built an object array of the whole catalogue per
-        # request (2.6 ms at 50,000 items, against 0.03 ms).
+        # request (2.34 ms at 50,000 items, against 0.012 ms).
         allowed &= catalogue.category_codes == catalogue.category_numbers.get(request.category, -1)
     for sku in request.exclude:
         position = catalogue.index.get(sku)
@@ -109,7 +116,7 @@ def _item(catalogue: Catalogue, position: int, score: float, reason: str) -> dic
 
 def _popular_items(catalogue: Catalogue, allowed: np.ndarray, limit: int, ranked=None, reason="popular") -> list[dict]:
     ranked = catalogue.popular_items if ranked is None else np.asarray(ranked, dtype=np.int64)
-    # Masked in numpy: a loop over the ranked items read each flag as a numpy scalar (about 40 us for 200).
+    # Masked in numpy: a loop over the ranked items read each flag as a numpy scalar (77 us for 200, against 3).
     picks = ranked[allowed[ranked]][:limit].tolist()
     total_orders = max(int(catalogue.orders.max(initial=0)), 1)
     items = []
@@ -261,7 +268,7 @@ class Recommender:
             return _answer([], None, fallback, bundles=[])
         if sku not in catalogue.index:
             return _answer([], catalogue.version, _combine_fallbacks(fallback, "none:unknown_item"), bundles=[])
-        payloads, list_fallback = self.reader.get_lists(catalogue.version, "bundles", [sku])
+        payloads, list_fallback = self.reader.get_lists(catalogue.version, BUNDLES_KIND, [sku])
         bundles = []
         for bundle in json.loads(payloads[0]) if payloads[0] else []:
             if not all(catalogue.sellable[item] for item in bundle["items"]):

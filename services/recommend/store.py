@@ -51,6 +51,9 @@ def list_key(version: str, kind: str, key: str | None = None) -> str:
 # copy's kind column is 24 characters, too short to hold the family in the kind).
 VARIANT_KIND = "variant"
 VARIANT_LISTS_KIND = "variant_nb"
+# A version's bundle lists (key: the anchor sku). train_bundles writes them beside train_models, and each
+# rewrites only its own kinds of the version.
+BUNDLES_KIND = "bundles"
 
 
 def variant_key_prefix(family: str) -> str:
@@ -354,7 +357,7 @@ class ListReader:
         """
         if not keys:
             return [], None
-        cacheable = kind == "bundles"
+        cacheable = kind == BUNDLES_KIND
         found: dict[str, bytes | None] = {}
         if cacheable:
             with self._lists_lock:

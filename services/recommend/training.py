@@ -41,6 +41,7 @@ from services.recommend.model_families import best_rows_by_family
 from services.recommend.popularity import popularity_by_group, trending_scores
 from services.recommend.selection import SelectionSettings, candidate_from_row, evaluate_fitted, select_model
 from services.recommend.store import (
+    BUNDLES_KIND,
     CUSTOMER_TIERS,
     MODEL_TTL_SECONDS,
     UNKNOWN_TIER,
@@ -62,8 +63,6 @@ from shared.runs import ACTIVE_STATUSES, PREVIOUS_RUN, current_run_id, get_point
 log = logging.getLogger("segrec.recommend.training")
 
 NEIGHBOURS_STORED = 50
-# The list kind train_bundles writes into a version; train_models' rewrite of the version leaves it alone.
-BUNDLES_KIND = "bundles"
 POPULAR_STORED = 200
 FOR_YOU_STORED = 20
 MAX_EVALUATION_CASES = 5000
@@ -598,7 +597,7 @@ def train_and_stage(run_id: str, as_of: datetime, config: dict) -> dict:
     seconds["bundles"] = bundles["seconds"].get("bundles", 0.0)
     started = time.perf_counter()
     metrics["customers"] = train_for_you_shard(run_id, as_of, config, None, None)
-    metrics.setdefault("seconds", {})["for_you"] = round(time.perf_counter() - started, 3)
+    seconds["for_you"] = round(time.perf_counter() - started, 3)
     return metrics
 
 
@@ -730,7 +729,7 @@ def warm_cache(version: str) -> None:
     catalogue = json.loads(payload)
     hot = [catalogue["skus"][item] for item, _score in catalogue["popular"][:100]]
     if hot:
-        client.mget([list_key(version, "nb", sku) for sku in hot] + [list_key(version, "bundles", sku) for sku in hot])
+        client.mget([list_key(version, "nb", sku) for sku in hot] + [list_key(version, BUNDLES_KIND, sku) for sku in hot])
 
 
 def publish_version(version: str) -> None:
